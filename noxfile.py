@@ -1,0 +1,85 @@
+"""Development sessions. Each one is a thin call of a command the README documents.
+
+``nox -s tests`` runs the suite on every Python the machine has (3.11, 3.12, 3.13);
+``nox -s lint typing examples`` are what CI checks besides; ``nox -s bench`` prints
+the benchmark ratios; ``nox -s crash`` runs the long kill -9 harness.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests", "lint", "typing", "examples"]
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _env(session: nox.Session, python: str | None = None) -> dict[str, str]:
+    env = {"UV_PYTHON_DOWNLOADS": "never"}
+    if python is not None:
+        # one environment per interpreter, so the project's .venv is left alone
+        env["UV_PROJECT_ENVIRONMENT"] = os.path.join(".nox", f"uv-{python}")
+        env["UV_PYTHON"] = python
+    pyenv = shutil.which("pyenv")
+    if pyenv and "PYENV_VERSION" not in os.environ:
+        # pyenv hides every interpreter but the global one; uv finds them all this way
+        versions = subprocess.run(
+            [pyenv, "versions", "--bare"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        wanted = [v for v in versions if any(v.startswith(p + ".") for p in PYTHONS)]
+        if wanted:
+            env["PYENV_VERSION"] = ":".join(wanted)
+    return env
+
+
+@nox.session
+@nox.parametrize("python", PYTHONS)
+def tests(session: nox.Session, python: str) -> None:
+    session.run("uv", "run", "pytest", *session.posargs, env=_env(session, python), external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    env = _env(session)
+    session.run("uv", "run", "ruff", "check", env=env, external=True)
+    session.run("uv", "run", "ruff", "format", "--check", env=env, external=True)
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    session.run("uv", "run", "mypy", env=_env(session), external=True)
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    env = _env(session)
+    for example in sorted(os.listdir("examples")):
+        if example.endswith(".py"):
+            session.run("uv", "run", "python", f"examples/{example}", env=env, external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    session.run(
+        "uv",
+        "run",
+        "--group",
+        "bench",
+        "python",
+        "benchmarks/journal.py",
+        *session.posargs,
+        env=_env(session),
+        external=True,
+    )
+
+
+@nox.session
+def crash(session: nox.Session) -> None:
+    """The kill -9 harnesses with many more trials than the default suite."""
+    env = _env(session) | {"RETRACT_KILL_TRIALS": os.environ.get("RETRACT_KILL_TRIALS", "500")}
+    session.run("uv", "run", "pytest", "-m", "slow", *session.posargs, env=env, external=True)

@@ -1,0 +1,83 @@
+"""retract: make destructive async work reversible.
+
+The public face of the library; everything here is re-exported from private modules.
+"""
+
+from ._async import set_thread_limit as set_thread_limit
+from ._errors import InvalidRecordError as InvalidRecordError
+from ._errors import JournalBusyError as JournalBusyError
+from ._errors import JournalClosedError as JournalClosedError
+from ._errors import JournalError as JournalError
+from ._errors import JournalOpenError as JournalOpenError
+from ._errors import NotAJournalError as NotAJournalError
+from ._errors import NotSerializableError as NotSerializableError
+from ._errors import RetractError as RetractError
+from ._errors import SchemaVersionError as SchemaVersionError
+from ._errors import SessionNotFoundError as SessionNotFoundError
+from ._errors import SessionStateError as SessionStateError
+from ._errors import StorageError as StorageError
+from ._errors import UndoError as UndoError
+from ._errors import UndoErrorGroup as UndoErrorGroup
+from ._errors import UndoFailedError as UndoFailedError
+from ._errors import UndoInProgressError as UndoInProgressError
+from ._errors import UndoSkipped as UndoSkipped
+from ._errors import UnknownOperationTypeError as UnknownOperationTypeError
+from .journal import FailedOperation as FailedOperation
+from .journal import InMemoryStorage as InMemoryStorage
+from .journal import Journal as Journal
+from .journal import MetricsCollector as MetricsCollector
+from .journal import OperationRecord as OperationRecord
+from .journal import OperationRegistry as OperationRegistry
+from .journal import OperationState as OperationState
+from .journal import Owner as Owner
+from .journal import Session as Session
+from .journal import SessionRecord as SessionRecord
+from .journal import SessionStatus as SessionStatus
+from .journal import SQLiteStorage as SQLiteStorage
+from .journal import Step as Step
+from .journal import Storage as Storage
+from .journal import UndoPlan as UndoPlan
+from .journal import UndoReport as UndoReport
+from .journal import open_journal as open_journal
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "FailedOperation",
+    "InMemoryStorage",
+    "InvalidRecordError",
+    "Journal",
+    "JournalBusyError",
+    "JournalClosedError",
+    "JournalError",
+    "JournalOpenError",
+    "MetricsCollector",
+    "NotAJournalError",
+    "NotSerializableError",
+    "OperationRecord",
+    "OperationRegistry",
+    "OperationState",
+    "Owner",
+    "RetractError",
+    "SQLiteStorage",
+    "SchemaVersionError",
+    "Session",
+    "SessionNotFoundError",
+    "SessionRecord",
+    "SessionStateError",
+    "SessionStatus",
+    "Step",
+    "Storage",
+    "StorageError",
+    "UndoError",
+    "UndoErrorGroup",
+    "UndoFailedError",
+    "UndoInProgressError",
+    "UndoPlan",
+    "UndoReport",
+    "UndoSkipped",
+    "UnknownOperationTypeError",
+    "__version__",
+    "open_journal",
+    "set_thread_limit",
+)

@@ -1,0 +1,6 @@
+"""``python -m retract``: the same as the ``retract`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,342 @@
+"""Journal: the hub that sessions write to and undo reads from."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Collection
+from types import TracebackType
+from typing import Any, Self
+
+from .._async import shielded
+from .._errors import JournalClosedError, SessionNotFoundError
+from ._metrics import MetricsCollector
+from ._owner import owner_alive
+from ._records import (
+    OperationRecord,
+    SessionRecord,
+    SessionStatus,
+    UndoPlan,
+    UndoReport,
+)
+from ._registry import OperationRegistry
+from ._session import SessionContext
+from ._undo import OnError, ProgressCallback, plan_undo, require_session, undo_session
+from .storage._memory import InMemoryStorage
+from .storage._protocol import Storage
+from .storage._sqlite import SQLiteStorage
+from .storage._sqlite_schema import Synchronous
+
+__all__ = ("Journal", "open_journal")
+
+
+class Journal:
+    """The journal of sessions and their operations, and the way to undo them.
+
+    ::
+
+        async with Journal(SQLiteStorage("history.db")) as journal:
+            async with journal.start_session(script="deploy.py") as session:
+                async with session.step("mail.send", {"to": "ops@example.com"}):
+                    ...
+            await journal.undo_session(session.session_id)
+
+    A journal is used from one event loop. It is an async context manager; it must be
+    open for every call and cannot be reopened after :meth:`aclose`.
+
+    :param storage: where sessions and operations are kept.
+    :param registry: the default undo handlers for :meth:`undo_session`,
+        :meth:`plan_undo` and ``undo_on_error`` sessions; a new
+        :class:`OperationRegistry` when omitted.
+    :param metrics: counters to update, e.g. a :class:`MetricsCollector`.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        registry: OperationRegistry | None = None,
+        *,
+        metrics: MetricsCollector | None = None,
+    ) -> None:
+        self.storage = storage
+        self.registry = registry if registry is not None else OperationRegistry()
+        self.metrics = metrics
+        #: ids of the sessions this journal is undoing right now
+        self.undoing: set[str] = set()
+        self._state = "new"
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.storage.location} {self._state}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "open":
+            warnings.warn(
+                f"{self!r} was never closed; use `async with` or `await journal.aclose()`",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> Self:
+        """Open the storage. ``async with journal`` does this for you.
+
+        :raises JournalOpenError, NotAJournalError, SchemaVersionError: see the storage.
+        :raises JournalClosedError: the journal was opened before.
+        """
+        if self._state != "new":
+            raise JournalClosedError(
+                f"{self!r} cannot be opened again; create a new Journal for the storage"
+            )
+        self._state = "opening"
+        try:
+            await self.storage.open()
+        except BaseException:
+            self._state = "closed"
+            raise
+        self._state = "open"
+        return self
+
+    async def aclose(self) -> None:
+        """Commit pending writes and release the storage. Idempotent.
+
+        Completes even if the awaiting task is cancelled (the cancellation is re-raised
+        afterwards). Sessions still open afterwards fail on their next write.
+        """
+        if self._state in ("closed", "new"):
+            self._state = "closed"
+            return
+        self._state = "closed"
+        await shielded(self.storage.aclose())
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def check_open(self) -> None:
+        """Raise JournalClosedError unless the journal is open."""
+        if self._state != "open":
+            state = "closed" if self._state == "closed" else "not open yet"
+            raise JournalClosedError(
+                f"the journal at {self.storage.location} is {state}; use "
+                "`async with open_journal(...) as journal:`"
+            )
+
+    # -- sessions -------------------------------------------------------------------
+
+    def start_session(self, *, undo_on_error: bool = False, **context: Any) -> SessionContext:
+        """Start a session: ``async with journal.start_session(script="x") as session``.
+
+        :param context: what to remember about the run (JSON values), e.g. the script
+            and its arguments.
+        :param undo_on_error: if the block raises (or is cancelled), undo the session's
+            operations with the journal's registry, then re-raise the original exception
+            unchanged (a failed undo is logged and added as a note to it).
+        :raises NotSerializableError: ``context`` is not plain JSON (a TypeError naming
+            the key), raised here, before anything is written.
+        """
+        return SessionContext(self, context, undo_on_error=undo_on_error)
+
+    # -- queries --------------------------------------------------------------------
+
+    async def list_sessions(
+        self,
+        *,
+        limit: int | None = None,
+        status: SessionStatus | str | Collection[SessionStatus | str] | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions, newest first.
+
+        :param limit: at most this many (all when None).
+        :param status: only sessions with this status (or any of these statuses).
+        :raises ValueError: an unknown status name, or a negative limit.
+        """
+        self.check_open()
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit!r}")
+        statuses: set[SessionStatus] | None = None
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            try:
+                statuses = {SessionStatus(s) for s in wanted}
+            except ValueError:
+                known = ", ".join(s.value for s in SessionStatus)
+                raise ValueError(
+                    f"unknown session status in {status!r}; use one of {known}"
+                ) from None
+        return await self.storage.list_sessions(limit=limit, statuses=statuses)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """One session, or None if there is none with this id."""
+        self.check_open()
+        return await self.storage.get_session(session_id)
+
+    async def get_operations(self, session_id: str) -> list[OperationRecord]:
+        """Every operation of a session, in the order they were journaled.
+
+        :raises SessionNotFoundError: no session has this id (the message lists recent
+            ones).
+        """
+        self.check_open()
+        operations = await self.storage.get_operations(session_id)
+        if not operations:
+            await require_session(self, session_id)
+        return operations
+
+    async def resolve_session_id(self, prefix: str) -> str:
+        """The full id of the one session whose id starts with ``prefix``.
+
+        :raises SessionNotFoundError: no session matches, or several do (the message
+            lists them).
+        """
+        self.check_open()
+        matches = await self.storage.list_sessions(limit=6, id_prefix=prefix)
+        if len(matches) == 1:
+            return matches[0].session_id
+        if not matches:
+            recent = await self.storage.list_sessions(limit=5)
+            raise SessionNotFoundError(prefix, [s.session_id for s in recent])
+        ids = [s.session_id for s in matches]
+        error = SessionNotFoundError(prefix, ids)
+        error.args = (
+            f"session id prefix {prefix!r} is ambiguous; it matches:\n"
+            + "\n".join(f"  {sid}" for sid in ids[:5]),
+        )
+        raise error
+
+    # -- undo -----------------------------------------------------------------------
+
+    async def plan_undo(
+        self, session_id: str, registry: OperationRegistry | None = None
+    ) -> UndoPlan:
+        """What :meth:`undo_session` would undo, in order, without changing anything.
+
+        The plan lists the operations still to undo (newest first) and the operation
+        types that have no handler in ``registry`` (the journal's registry by default).
+
+        :raises SessionNotFoundError: no session has this id.
+        """
+        self.check_open()
+        return await plan_undo(self, session_id, registry or self.registry)
+
+    async def undo_session(
+        self,
+        session_id: str,
+        registry: OperationRegistry | None = None,
+        *,
+        on_error: OnError = "stop",
+        max_in_doubt: int = 1024,
+        progress: ProgressCallback | None = None,
+    ) -> UndoReport:
+        """Undo a session's operations, newest first, each with its registered handler.
+
+        Before touching anything it checks that every pending operation type has a
+        handler. Each operation is marked UNDOING before its handler runs and UNDONE (or
+        SKIPPED, or UNDO_FAILED) after it, so a later run resumes where this one stopped
+        and never hands an UNDONE operation to a handler again. Operations whose effect
+        is uncertain (IN_DOUBT, FAILED, or UNDOING from an interrupted undo) reach their
+        handler with ``op.in_doubt`` true.
+
+        A session whose owner process died is taken over. A session being undone by a
+        live process, or still running, is refused.
+
+        :param registry: the handlers; the journal's registry by default.
+        :param on_error: ``"stop"`` at the first failing handler (raise
+            :class:`UndoFailedError`), or ``"continue"`` with the rest and raise every
+            failure together as :class:`UndoErrorGroup`.
+        :param max_in_doubt: how many operations a crash may leave UNDOING (progress is
+            committed per window of up to this many fast handlers; 1 commits before
+            each handler).
+        :param progress: called with (handled, total) after each operation.
+        :return: an :class:`UndoReport`; the session ends ROLLED_BACK, or
+            PARTIALLY_ROLLED_BACK when something failed or was cancelled.
+        :raises SessionNotFoundError: no session has this id.
+        :raises UnknownOperationTypeError: some operation type has no handler; nothing
+            was undone.
+        :raises UndoInProgressError: another undo of this session is running.
+        :raises SessionStateError: the session is still running.
+
+        If the awaiting task is cancelled, the operation whose handler was running is
+        marked UNDO_FAILED (its effect is unknown), the session PARTIALLY_ROLLED_BACK,
+        and the cancellation propagates; running the undo again resumes.
+        """
+        self.check_open()
+        return await undo_session(
+            self,
+            session_id,
+            registry or self.registry,
+            on_error=on_error,
+            max_in_doubt=max_in_doubt,
+            progress=progress,
+        )
+
+    # -- recovery -------------------------------------------------------------------
+
+    async def recover(self) -> list[SessionRecord]:
+        """Mark the sessions whose owner process is gone INTERRUPTED.
+
+        A session RUNNING or UNDOING whose owner (same host) has died, or whose pid now
+        belongs to a younger process, becomes INTERRUPTED, and its steps still in INTENT
+        become IN_DOUBT. Sessions owned by live processes, and by processes on other
+        hosts (whose liveness cannot be checked), are left alone. Each session is
+        claimed with a compare-and-set, so concurrent recoverers never both take one.
+
+        :return: the sessions this call recovered, as they are now.
+        """
+        self.check_open()
+        candidates = await self.storage.list_sessions(
+            statuses=(SessionStatus.RUNNING, SessionStatus.UNDOING)
+        )
+        recovered: list[SessionRecord] = []
+        for session in candidates:
+            owner = session.owner
+            if owner is None or owner_alive(owner) is not False:
+                continue
+            changed = await self.storage.update_session(
+                session.session_id,
+                status=SessionStatus.INTERRUPTED,
+                at=time.time(),
+                error=(
+                    f"interrupted: process {owner.pid} on {owner.host} ended while the "
+                    "session was running"
+                    if session.status is SessionStatus.RUNNING
+                    else None
+                ),
+                expect_statuses=(session.status,),
+                expect_owner=owner.token,
+                settle_intents=True,
+            )
+            if changed:
+                record = await self.storage.get_session(session.session_id)
+                if record is not None:
+                    recovered.append(record)
+        return recovered
+
+
+def open_journal(
+    location: str | os.PathLike[str],
+    *,
+    registry: OperationRegistry | None = None,
+    metrics: MetricsCollector | None = None,
+    synchronous: Synchronous = "FULL",
+    busy_timeout: float = 5.0,
+) -> Journal:
+    """Make a :class:`Journal` for a location; use it with ``async with``.
+
+    ``":memory:"`` gives an in-memory journal; anything else is an SQLite file (see
+    :class:`SQLiteStorage` for ``synchronous`` and ``busy_timeout``).
+    """
+    storage: Storage
+    if str(location) == ":memory:":
+        storage = InMemoryStorage()
+    else:
+        storage = SQLiteStorage(location, synchronous=synchronous, busy_timeout=busy_timeout)
+    return Journal(storage, registry, metrics=metrics)

@@ -1,0 +1,351 @@
+"""Sessions and steps: how work gets into the journal.
+
+A session is an ``async with`` block. Inside it, ``record_operation`` journals an effect
+after it happened (unmake's model, not crash-safe), and ``step`` journals the intent
+first: a durable INTENT row before the body runs, DONE after it, FAILED if it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .._async import shielded
+from .._errors import SessionStateError
+from ._encoding import check_op_type, decode, encode, new_id
+from ._owner import current_owner
+from ._records import OperationRecord, OperationState, SessionStatus
+from .storage._protocol import NewOperation, OperationUpdate
+
+if TYPE_CHECKING:
+    from ._journal import Journal
+
+__all__ = ("Session", "SessionContext", "Step")
+
+logger = logging.getLogger("retract")
+
+_CANCELLED_BEFORE_BODY = "CancelledError: cancelled before the step body ran"
+
+#: Exceptions that mean "stopped from outside", recorded as CANCELLED, not FAILED.
+_CANCELLATIONS = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _new_operation(
+    op_type: str, payload: Mapping[str, Any] | None, state: OperationState, at: float
+) -> NewOperation:
+    """Validate and encode one operation (raises before any side effect)."""
+    return NewOperation(
+        new_id(), check_op_type(op_type), encode(payload or {}, "payload"), state, at
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"``, or just the type name when the message is empty."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class Session:
+    """An open session: journal operations into it while its block runs.
+
+    Get one from ``async with journal.start_session(...) as session``. After the block
+    ends, recording into it raises :class:`~retract.SessionStateError`.
+    """
+
+    def __init__(self, journal: Journal, session_id: str, context: dict[str, Any]) -> None:
+        self._journal = journal
+        self.storage = journal.storage
+        self.session_id = session_id
+        self.context = context
+        self._open = True
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id} {'open' if self._open else 'closed'}>"
+
+    @property
+    def journal(self) -> Journal:
+        """The journal this session writes to."""
+        return self._journal
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise SessionStateError(
+                f"session {self.session_id} has ended (its `async with` block is over); "
+                "start a new session to journal more operations"
+            )
+
+    async def record_operation(
+        self, op_type: str, payload: Mapping[str, Any] | None = None
+    ) -> OperationRecord:
+        """Journal an operation that has already happened (state DONE).
+
+        Not crash-safe, as in unmake: if the process dies between the effect and this
+        call, the journal never learns of the effect. Prefer :meth:`step` for effects
+        that must be undoable after a crash.
+
+        :raises InvalidRecordError: invalid ``op_type`` (before anything is written).
+        :raises NotSerializableError: ``payload`` is not plain JSON (a TypeError naming
+            the offending key; before anything is written).
+        :raises StorageError: the journal could not write the record.
+
+        If the awaiting task is cancelled, the record may or may not have been written.
+        """
+        self._check_open()
+        new = _new_operation(op_type, payload, OperationState.DONE, time.time())
+        (sequence,) = await self.storage.append_operations(self.session_id, (new,))
+        metrics = self._journal.metrics
+        if metrics is not None:
+            metrics.record_operation()
+        return self._record(new, sequence)
+
+    async def record_operations(
+        self, operations: Iterable[tuple[str, Mapping[str, Any] | None]]
+    ) -> list[OperationRecord]:
+        """Journal several operations that already happened, in one transaction.
+
+        All of them are written or none is. Raises like :meth:`record_operation`.
+        """
+        self._check_open()
+        now = time.time()
+        new = [
+            _new_operation(op_type, payload, OperationState.DONE, now)
+            for op_type, payload in operations
+        ]
+        if not new:
+            return []
+        sequences = await self.storage.append_operations(self.session_id, new)
+        if self._journal.metrics is not None:
+            self._journal.metrics.record_operation(len(new))
+        return [self._record(op, seq) for op, seq in zip(new, sequences, strict=True)]
+
+    def _record(self, op: NewOperation, sequence: int) -> OperationRecord:
+        return OperationRecord(
+            op.op_id,
+            self.session_id,
+            sequence,
+            op.op_type,
+            decode(op.payload_json),
+            datetime.fromtimestamp(op.created_at, UTC),
+            op.state,
+        )
+
+    def step(self, op_type: str, payload: Mapping[str, Any] | None = None) -> Step:
+        """Journal an operation intent-first, around the block that performs it.
+
+        ::
+
+            async with session.step("mail.send", {"to": "ops@example.com"}) as step:
+                message_id = await send(...)
+                step.update(message_id=message_id)  # stored with DONE, seen by undo
+
+        A durable INTENT row is written before the body runs; DONE (with the updated
+        payload) after it; FAILED with the error if it raises (the exception propagates
+        unchanged). If the process dies in between, :meth:`Journal.recover` marks the
+        operation IN_DOUBT and undo hands it to its handler marked as such.
+
+        :raises InvalidRecordError: invalid ``op_type`` (raised here, before anything).
+        :raises NotSerializableError: ``payload`` is not plain JSON (raised here).
+        """
+        self._check_open()
+        return Step(self, check_op_type(op_type), dict(payload or {}))
+
+    def _close(self) -> None:
+        self._open = False
+
+
+class Step:
+    """The async context manager returned by :meth:`Session.step`.
+
+    :ivar op_id: the operation's id, known at construction.
+    :ivar sequence: its sequence number, known once the intent is written.
+    """
+
+    def __init__(self, session: Session, op_type: str, payload: dict[str, Any]) -> None:
+        self._session = session
+        self.op_type = op_type
+        self.op_id = new_id()
+        self.sequence: int | None = None
+        self._payload = payload
+        self._payload_json = encode(payload, "payload")
+        self._changed = False
+        self._entered = False
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """A copy of the payload as it will be stored."""
+        return decode(self._payload_json)  # type: ignore[no-any-return]
+
+    def update(self, fields: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        """Add or change payload fields; they are stored with the DONE (or FAILED) state.
+
+        Use it for facts known only after the effect (a created id, a previous value).
+
+        :raises NotSerializableError: a value is not plain JSON; the payload is unchanged.
+        """
+        merged = {**self._payload, **(fields or {}), **more}
+        self._payload_json = encode(merged, "payload")
+        self._payload = merged
+        self._changed = True
+
+    async def __aenter__(self) -> Step:
+        if self._entered:
+            raise SessionStateError("a step can be entered only once; call session.step() again")
+        self._entered = True
+        session = self._session
+        session._check_open()
+        intent = NewOperation(
+            self.op_id, self.op_type, self._payload_json, OperationState.INTENT, time.time()
+        )
+        # Shielded so that we always learn whether the intent landed: a step cancelled
+        # here is then marked FAILED, truthfully "cancelled before the body ran".
+        try:
+            (self.sequence,) = await shielded(
+                session.storage.append_operations(session.session_id, [intent])
+            )
+        except asyncio.CancelledError:
+            if self.sequence is not None:
+                await self._write(OperationState.FAILED, _CANCELLED_BEFORE_BODY)
+            raise
+        metrics = session.journal.metrics
+        if metrics is not None:
+            metrics.record_operation()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self._write(OperationState.DONE, None)
+            return
+        try:
+            await self._write(OperationState.FAILED, describe_error(exc))
+        except Exception:
+            # The body's own exception matters more; the step stays INTENT and becomes
+            # IN_DOUBT when the session ends.
+            logger.warning(
+                "could not record the failure of step %s (%s)",
+                self.op_id,
+                self.op_type,
+                exc_info=True,
+            )
+
+    async def _write(self, state: OperationState, error: str | None) -> None:
+        assert self.sequence is not None  # noqa: S101
+        session = self._session
+        update = OperationUpdate(
+            session.session_id,
+            self.sequence,
+            state,
+            error,
+            self._payload_json if self._changed else None,
+        )
+        await shielded(session.storage.update_operations([update], time.time()))
+
+
+class SessionContext:
+    """The async context manager returned by :meth:`Journal.start_session`.
+
+    Entering writes a RUNNING session owned by this process. Leaving writes its end:
+    COMPLETED; FAILED with ``"Type: message"`` when the block raises (the exception
+    propagates unchanged); CANCELLED when the block is cancelled (or interrupted by
+    Ctrl+C). These writes are shielded, so a second cancellation cannot leave the
+    session RUNNING. With ``undo_on_error=True`` a failed or cancelled session is then
+    undone with the journal's registry before the exception propagates.
+    """
+
+    def __init__(self, journal: Journal, context: dict[str, Any], *, undo_on_error: bool) -> None:
+        self._journal = journal
+        self._context = context
+        self._context_json = encode(context, "context")
+        self._undo_on_error = undo_on_error
+        self._session: Session | None = None
+
+    async def __aenter__(self) -> Session:
+        if self._session is not None:
+            raise SessionStateError("a session context can be entered only once")
+        journal = self._journal
+        journal.check_open()
+        session_id = new_id()
+        session = Session(journal, session_id, decode(self._context_json))
+        self._session = session
+        # Shielded so that we know whether the row landed; a session cancelled here is
+        # closed as CANCELLED at once and never stays RUNNING.
+        try:
+            await shielded(
+                journal.storage.create_session(
+                    session_id, self._context_json, current_owner(), time.time()
+                )
+            )
+        except asyncio.CancelledError:
+            await shielded(self._finish(SessionStatus.CANCELLED, "CancelledError"))
+            raise
+        if journal.metrics is not None:
+            journal.metrics.record_session_created()
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._session is not None  # noqa: S101
+        if exc is None:
+            await shielded(self._finish(SessionStatus.COMPLETED, None))
+            return
+        status = (
+            SessionStatus.CANCELLED if isinstance(exc, _CANCELLATIONS) else SessionStatus.FAILED
+        )
+        try:
+            await shielded(self._finish(status, describe_error(exc)))
+        except Exception:
+            logger.warning(
+                "could not record the end of session %s", self._session.session_id, exc_info=True
+            )
+        if self._undo_on_error:
+            await self._undo_after(exc)
+
+    async def _finish(self, status: SessionStatus, error: str | None) -> None:
+        assert self._session is not None  # noqa: S101
+        self._session._close()
+        journal = self._journal
+        changed = await journal.storage.update_session(
+            self._session.session_id,
+            status=status,
+            at=time.time(),
+            error=error,
+            expect_statuses=(SessionStatus.RUNNING,),
+            settle_intents=True,
+        )
+        if not changed:
+            logger.warning(
+                "session %s was no longer RUNNING when it ended as %s (recovered by another "
+                "process?); its journal status was left as it is",
+                self._session.session_id,
+                status.value,
+            )
+        if journal.metrics is not None:
+            journal.metrics.record_session_ended(status)
+
+    async def _undo_after(self, exc: BaseException) -> None:
+        assert self._session is not None  # noqa: S101
+        session_id = self._session.session_id
+        try:
+            await shielded(self._journal.undo_session(session_id))
+        except Exception as undo_exc:
+            # The original exception propagates unchanged; the failed rollback is logged
+            # and noted on it, so it is not lost.
+            logger.error("automatic undo of session %s failed", session_id, exc_info=undo_exc)
+            exc.add_note(
+                f"retract: the automatic undo of session {session_id} failed "
+                f"({describe_error(undo_exc)}); fix the cause and run "
+                f"`retract undo {session_id}` to finish it"
+            )

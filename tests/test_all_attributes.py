@@ -1,0 +1,37 @@
+"""The public surface: every exported name exists, and nothing private leaks."""
+
+from __future__ import annotations
+
+import retract
+import retract.journal
+
+
+def test_all_is_a_sorted_tuple_of_existing_names() -> None:
+    """``__all__`` is a tuple, and each name in it is importable."""
+    for module in (retract, retract.journal):
+        assert isinstance(module.__all__, tuple)
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def test_public_classes_claim_the_public_module() -> None:
+    """Every exported name is defined in a private module and re-exported explicitly."""
+    public = {name for name in dir(retract) if not name.startswith("_")}
+    assert public <= set(retract.__all__) | {"journal", "cli"}
+
+
+def test_design_contract_names_exist() -> None:
+    """The names DESIGN.md promises are all importable from the top level."""
+    for name in (
+        "Journal",
+        "SQLiteStorage",
+        "InMemoryStorage",
+        "OperationRegistry",
+        "open_journal",
+        "SessionRecord",
+        "OperationRecord",
+        "SessionStatus",
+        "OperationState",
+        "UndoErrorGroup",
+    ):
+        assert name in retract.__all__
