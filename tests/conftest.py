@@ -9,7 +9,6 @@ import pytest
 
 from retract import InMemoryStorage, Journal, SQLiteStorage, Storage
 
-
 StorageFactory = Callable[[], Storage]
 
 

@@ -12,7 +12,7 @@ from typing import Any, Self
 from .._async import shielded
 from .._errors import JournalClosedError, SessionNotFoundError
 from ._metrics import MetricsCollector
-from ._owner import owner_alive
+from ._owner import session_held
 from ._records import (
     OperationRecord,
     SessionRecord,
@@ -62,8 +62,6 @@ class Journal:
         self.storage = storage
         self.registry = registry if registry is not None else OperationRegistry()
         self.metrics = metrics
-        #: ids of the sessions this journal is undoing right now
-        self.undoing: set[str] = set()
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -285,8 +283,10 @@ class Journal:
 
         A session RUNNING or UNDOING whose owner (same host) has died, or whose pid now
         belongs to a younger process, becomes INTERRUPTED, and its steps still in INTENT
-        become IN_DOUBT. Sessions owned by live processes, and by processes on other
-        hosts (whose liveness cannot be checked), are left alone. Each session is
+        become IN_DOUBT. So does one of this process whose end could not be written (a
+        storage failure) and that nobody here works on any more. Sessions owned by live
+        processes, and by processes on other hosts (whose liveness cannot be checked),
+        are left alone. Each session is
         claimed with a compare-and-set, so concurrent recoverers never both take one.
 
         :return: the sessions this call recovered, as they are now.
@@ -298,7 +298,7 @@ class Journal:
         recovered: list[SessionRecord] = []
         for session in candidates:
             owner = session.owner
-            if owner is None or owner_alive(owner) is not False:
+            if owner is None or session_held(session) is not False:
                 continue
             changed = await self.storage.update_session(
                 session.session_id,

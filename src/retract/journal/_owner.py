@@ -14,9 +14,9 @@ import time
 import uuid
 from pathlib import Path
 
-from ._records import Owner
+from ._records import Owner, SessionRecord, SessionStatus
 
-__all__ = ("current_owner", "owner_alive")
+__all__ = ("ActiveSessions", "active", "current_owner", "owner_alive", "session_held")
 
 _PROC = Path("/proc")
 # Start times are derived from clock ticks (10 ms) and the boot time (1 s); two readings
@@ -107,3 +107,41 @@ def owner_alive(owner: Owner) -> bool | None:
         return False  # a zombie: dead, waiting for its parent to reap it
     started = process_start_time(owner.pid)
     return started is None or abs(started - owner.started_at) <= _START_TOLERANCE
+
+
+class ActiveSessions:
+    """The sessions this process is working on right now: blocks running, undos running.
+
+    Process-wide (not per Journal), so that two journals on one file in one process
+    still refuse to undo the same session twice. It lets this process tell its own
+    live sessions from ones whose end it failed to write (a storage error): those are
+    RUNNING or UNDOING under our owner token but nobody here is working on them.
+    """
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.undoing: set[str] = set()
+
+    def reset(self) -> None:
+        # A forked child works on none of its parent's sessions.
+        self.running.clear()
+        self.undoing.clear()
+
+
+active = ActiveSessions()
+os.register_at_fork(after_in_child=active.reset)
+
+
+def session_held(session: SessionRecord) -> bool | None:
+    """Whether someone is still working on a RUNNING or UNDOING session.
+
+    :return: for this process, whether the session's block or undo is running here;
+        otherwise :func:`owner_alive` of its owner (None: another host, unknown).
+    """
+    owner = session.owner
+    if owner is None:
+        return False
+    if owner.token == current_owner().token:
+        working = active.undoing if session.status is SessionStatus.UNDOING else active.running
+        return session.session_id in working
+    return owner_alive(owner)

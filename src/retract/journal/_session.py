@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .._async import shielded
 from .._errors import SessionStateError
 from ._encoding import check_op_type, decode, encode, new_id
-from ._owner import current_owner
+from ._owner import active, current_owner
 from ._records import OperationRecord, OperationState, SessionStatus
 from .storage._protocol import NewOperation, OperationUpdate
 
@@ -203,12 +203,14 @@ class Step:
         )
         # Shielded so that we always learn whether the intent landed: a step cancelled
         # here is then marked FAILED, truthfully "cancelled before the body ran".
+        write = asyncio.ensure_future(
+            session.storage.append_operations(session.session_id, [intent])
+        )
         try:
-            (self.sequence,) = await shielded(
-                session.storage.append_operations(session.session_id, [intent])
-            )
+            (self.sequence,) = await shielded(write)
         except asyncio.CancelledError:
-            if self.sequence is not None:
+            if not write.cancelled() and write.exception() is None:
+                (self.sequence,) = write.result()
                 await self._write(OperationState.FAILED, _CANCELLED_BEFORE_BODY)
             raise
         metrics = session.journal.metrics
@@ -278,14 +280,17 @@ class SessionContext:
         self._session = session
         # Shielded so that we know whether the row landed; a session cancelled here is
         # closed as CANCELLED at once and never stays RUNNING.
+        active.running.add(session_id)
         try:
             await shielded(
                 journal.storage.create_session(
                     session_id, self._context_json, current_owner(), time.time()
                 )
             )
-        except asyncio.CancelledError:
-            await shielded(self._finish(SessionStatus.CANCELLED, "CancelledError"))
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                await shielded(self._finish(SessionStatus.CANCELLED, "CancelledError"))
+            active.running.discard(session_id)
             raise
         if journal.metrics is not None:
             journal.metrics.record_session_created()
@@ -316,6 +321,7 @@ class SessionContext:
     async def _finish(self, status: SessionStatus, error: str | None) -> None:
         assert self._session is not None  # noqa: S101
         self._session._close()
+        active.running.discard(self._session.session_id)
         journal = self._journal
         changed = await journal.storage.update_session(
             self._session.session_id,

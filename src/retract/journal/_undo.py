@@ -33,7 +33,7 @@ from .._errors import (
     UndoSkipped,
     UnknownOperationTypeError,
 )
-from ._owner import current_owner, owner_alive
+from ._owner import active, current_owner, session_held
 from ._records import (
     FailedOperation,
     OperationRecord,
@@ -108,32 +108,33 @@ async def undo_session(
         raise ValueError(f"on_error must be 'stop' or 'continue', not {on_error!r}")
     if max_in_doubt < 1:
         raise ValueError(f"max_in_doubt must be at least 1, not {max_in_doubt!r}")
-    if session_id in journal.undoing:
+    if session_id in active.undoing:
         raise UndoInProgressError(
             f"session {session_id} is already being undone by this process; wait for it"
         )
     session = await require_session(journal, session_id)
+    _check_claimable(session)
     total, types = await journal.storage.pending_summary(session_id)
     missing = types - set(registry.types())
     if missing:
         raise UnknownOperationTypeError(session_id, sorted(missing), registry.types())
     if session.status is SessionStatus.ROLLED_BACK and total == 0:
         return UndoReport(session_id, session.status, 0, 0, 0, (), 0, 0.0)
-    journal.undoing.add(session_id)
+    active.undoing.add(session_id)
     try:
         await _claim(journal, session)
         run = _UndoRun(journal, session_id, registry, on_error, max_in_doubt, progress, total)
         return await run.execute()
     finally:
-        journal.undoing.discard(session_id)
+        active.undoing.discard(session_id)
 
 
-async def _claim(journal: Journal, session: SessionRecord) -> None:
-    """Make this process the session's undoer, or explain who stands in the way."""
+def _check_claimable(session: SessionRecord) -> None:
+    """Raise unless this process may undo the session (checked before anything else)."""
     status = session.status
     owner = session.owner
     if status in (SessionStatus.RUNNING, SessionStatus.UNDOING):
-        alive = owner_alive(owner) if owner is not None else False
+        alive = session_held(session)
         who = f"process {owner.pid} on {owner.host}" if owner is not None else "an unknown owner"
         if alive is None:
             raise SessionStateError(
@@ -149,9 +150,16 @@ async def _claim(journal: Journal, session: SessionRecord) -> None:
                 f"session {session.session_id} is still running in {who}; undo it after "
                 "its block has ended (or use start_session(undo_on_error=True))"
             )
-        # The owner died: take the session over (it resumes where the dead one stopped).
+        # Nobody works on it any more (its process died, or its end could not be
+        # written): the session is taken over, resuming where the last run stopped.
     elif status not in _UNDOABLE:  # pragma: no cover - every status is covered above
         raise SessionStateError(f"session {session.session_id} cannot be undone in {status}")
+
+
+async def _claim(journal: Journal, session: SessionRecord) -> None:
+    """Make this process the session's undoer, atomically (compare-and-set)."""
+    status = session.status
+    owner = session.owner
     claimed = await journal.storage.update_session(
         session.session_id,
         status=SessionStatus.UNDOING,
@@ -240,13 +248,24 @@ class _UndoRun:
     async def _run_chunk(self, chunk: list[OperationRecord]) -> None:
         window = (chunk[-1].sequence, chunk[0].sequence)
         begun = time.perf_counter()
-        await self.journal.storage.record_undo_progress(
-            self.session_id,
-            outcomes=self.outcomes,
-            undone=self.last_window,
-            begin=window,
-            at=time.time(),
+        write = asyncio.ensure_future(
+            self.journal.storage.record_undo_progress(
+                self.session_id,
+                outcomes=self.outcomes,
+                undone=self.last_window,
+                begin=window,
+                at=time.time(),
+            )
         )
+        try:
+            # Shielded: we must know whether the window was marked UNDOING.
+            await shielded(write)
+        except asyncio.CancelledError:
+            if not write.cancelled() and write.exception() is None:
+                self.outcomes = []
+                self.last_window = window
+                self._release(chunk)  # marked, but no handler of it ran
+            raise
         self.outcomes = []
         self.last_window = window
         committed = time.perf_counter()
