@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 import types
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -26,6 +25,7 @@ from retract import (
     SessionStatus,
     Storage,
 )
+from tests.helpers import sqlite_threads, wait_for_sqlite_threads
 
 S = SessionStatus
 O = OperationState  # noqa: E741
@@ -77,13 +77,13 @@ async def cancel_at_await(k: int, work: Callable[[], Awaitable[Any]]) -> bool:
 
 
 async def assert_no_leaks(threads_before: int) -> None:
-    """No worker thread and no stray task outlives the journal."""
+    """No connection thread and no stray task outlives the journal."""
+    await wait_for_sqlite_threads(threads_before)
     for _ in range(200):
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
-        if threading.active_count() <= threads_before and not tasks:
+        if not tasks:
             return
         await asyncio.sleep(0.01)
-    assert threading.active_count() <= threads_before, threading.enumerate()
     assert not tasks, tasks
 
 
@@ -94,7 +94,7 @@ async def sweep(
     check: Callable[[Journal, Any], Awaitable[None]],
 ) -> int:
     """Cancel ``work`` at each await in turn; return how many await points were covered."""
-    threads_before = threading.active_count()
+    threads_before = len(sqlite_threads())
     for k in range(1, MAX_AWAITS):
         async with Journal(storage_factory()) as journal:
             prepared = await prepare(journal)

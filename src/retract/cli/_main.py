@@ -1,6 +1,202 @@
-"""Placeholder until the CLI lands in this same change."""
+"""``retract``: the parser, the dispatch to commands, and the exit codes.
+
+Every command runs its async work with ``asyncio.run`` inside :func:`main`. Failures
+the user can act on (a bad path, an unknown id, missing handlers) become one line on
+stderr and an exit code; only bugs print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from .._errors import RetractError
+from ..journal import SessionStatus
+from . import _commands
+from ._app import AppLoadError, parse_app
+from ._console import DB_ENV, CliError, Console, ExitCode, journal_path
+from ._demo import demo
+from ._undo import UndoOptions, undo
+
+__all__ = ("build_parser", "main")
+
+_EXIT_CODES = """\
+exit codes:
+  0    success
+  1    failure, nothing was changed (unknown or ambiguous id, missing undo handlers,
+       session running or being undone elsewhere, journal cannot be opened, ...)
+  2    usage error (bad arguments, no journal given, confirmation needed but stdin is
+       not a terminal: pass --yes)
+  3    partial undo: the undo ran but some operations failed or remain; the session is
+       partially_rolled_back, and running undo again resumes
+  130  interrupted (Ctrl+C); an interrupted undo records its progress and resumes
+"""
+
+_EPILOG = f"""\
+the journal:
+  --db PATH may come before or after the command; without it, ${DB_ENV} is used.
+
+{_EXIT_CODES}
+examples:
+  retract demo                               see a session undone, in a temp directory
+  retract --db history.db sessions --limit 5
+  retract --db history.db show 3f2a          a unique prefix of the id is enough
+  retract --db history.db undo 3f2a --app myapp.undo:registry --dry-run
+  RETRACT_DB=history.db retract undo 3f2a --app handlers.py:registry --yes
+
+JSON output (--json) and every option: see docs/cli.md.
+"""
 
 
-def main() -> int:
-    """Run the CLI."""
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    """The ``retract`` argument parser (exposed for documentation and tests)."""
+    # --db is accepted after the command too; SUPPRESS keeps a sub-command's absent
+    # --db from overwriting one given before the command.
+    db_after = argparse.ArgumentParser(add_help=False)
+    db_after.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument(
+        "--json", action="store_true", help="print JSON on stdout (messages go to stderr)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="retract",
+        description="Inspect and undo the sessions of a retract journal.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--db", metavar="PATH", help=f"the journal file (default: ${DB_ENV})")
+    parser.add_argument("--version", action="version", version=f"retract {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, help_text: str, *aliases: str, json: bool = True
+    ) -> argparse.ArgumentParser:
+        parents = [db_after, json_flag] if json else [db_after]
+        return commands.add_parser(
+            name,
+            aliases=list(aliases),
+            help=help_text,
+            description=help_text,
+            parents=parents,
+            epilog=_EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    sessions = command("sessions", "list sessions, newest first", "list-sessions")
+    sessions.add_argument(
+        "--limit", type=_count, default=20, metavar="N", help="show at most N (0: all; default 20)"
+    )
+    sessions.add_argument(
+        "--status",
+        action="append",
+        choices=[s.value for s in SessionStatus],
+        metavar="S",
+        help="only sessions with status S (repeatable): "
+        + ", ".join(s.value for s in SessionStatus),
+    )
+
+    show = command("show", "show a session and its operations in order", "show-session")
+    show.add_argument("session_id", metavar="ID", help="a session id or a unique prefix of one")
+
+    undo_cmd = command("undo", "undo a session's operations, newest first")
+    undo_cmd.add_argument("session_id", metavar="ID", help="a session id or a unique prefix")
+    undo_cmd.add_argument(
+        "--app",
+        type=parse_app,
+        metavar="MODULE:ATTR",
+        help="the undo handlers: an OperationRegistry (or a function returning one) as "
+        "module:attr or path/to/file.py:attr; default: the built-in handlers only",
+    )
+    undo_cmd.add_argument(
+        "--dry-run", action="store_true", help="print what would be undone; change nothing"
+    )
+    undo_cmd.add_argument(
+        "-y", "--yes", "--force", action="store_true", dest="yes",
+        help="do not ask for confirmation (needed when stdin is not a terminal)",
+    )  # fmt: skip
+    undo_cmd.add_argument(
+        "--on-error",
+        choices=("stop", "continue"),
+        default="stop",
+        help="when a handler fails: stop there (default), or continue with the rest",
+    )
+
+    command("recover", "mark sessions whose process died as interrupted, and list them")
+
+    demo_cmd = command(
+        "demo", "journal some file changes in a temp directory, undo them, verify", json=False
+    )
+    demo_cmd.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory and print its path"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``retract`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a usage error (already printed)
+        return exit_.code if isinstance(exit_.code, int) else ExitCode.USAGE
+    console = Console(sys.stdout, sys.stderr, sys.stdin, json=getattr(args, "json", False))
+    try:
+        return _dispatch(args, console)
+    except CliError as exc:
+        console.note(f"retract: error: {exc}")
+        if exc.code == ExitCode.USAGE:
+            console.note(f"(see `retract {args.command} --help`)")
+        return exc.code
+    except BrokenPipeError:
+        # `retract sessions | head`: the reader left; say nothing more on a closed pipe.
+        _silence_stdout()
+        return ExitCode.FAILURE
+    except (RetractError, AppLoadError, OSError) as exc:
+        console.note(f"retract: error: {exc}")
+        return ExitCode.FAILURE
+    except KeyboardInterrupt:
+        console.note("\nretract: interrupted")
+        return ExitCode.INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    command: str = args.command
+    if command == "demo":
+        return asyncio.run(demo(console, args.db, keep=args.keep))
+    name = {"list-sessions": "sessions", "show-session": "show"}.get(command, command)
+    path = journal_path(args.db, command=name)
+    if name == "sessions":
+        limit = args.limit or None
+        return asyncio.run(_commands.sessions(console, path, limit=limit, statuses=args.status))
+    if name == "show":
+        return asyncio.run(_commands.show(console, path, args.session_id))
+    if name == "recover":
+        return asyncio.run(_commands.recover(console, path))
+    options = UndoOptions(
+        args.session_id, args.app, dry_run=args.dry_run, yes=args.yes, on_error=args.on_error
+    )
+    return undo(console, path, options)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. captured in tests)
+        pass
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value

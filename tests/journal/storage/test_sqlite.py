@@ -29,6 +29,7 @@ from retract.journal.storage._sqlite_schema import (
     SCHEMA_VERSION,
     WAL_AUTOCHECKPOINT,
 )
+from tests.helpers import sqlite_threads, wait_for_sqlite_threads
 
 
 @pytest.fixture
@@ -291,31 +292,23 @@ async def test_write_ahead_log_is_preallocated(storage: SQLiteStorage) -> None:
 
 
 async def test_closing_releases_threads(tmp_path: Path) -> None:
-    """After aclose no aiosqlite worker thread is left running."""
-    before = threading.active_count()
+    """After aclose no aiosqlite connection thread is left running."""
+    before = len(sqlite_threads())
     async with open_journal(tmp_path / "j.db") as journal, journal.start_session() as session:
         await session.record_operation("t.op", {})
-        assert threading.active_count() >= before + 2
-    for _ in range(100):
-        if threading.active_count() == before:
-            break
-        await asyncio.sleep(0.01)
-    assert threading.active_count() == before
+        assert len(sqlite_threads()) == before + 2
+    await wait_for_sqlite_threads(before)
 
 
 async def test_failed_open_releases_threads(tmp_path: Path) -> None:
     """A refused file leaves no connection thread behind."""
     path = tmp_path / "x.db"
     path.write_text("not a database at all, not even close" * 10)
-    before = threading.active_count()
+    before = len(sqlite_threads())
     with pytest.raises(NotAJournalError):
         async with open_journal(path):
             pass
-    for _ in range(100):
-        if threading.active_count() == before:
-            break
-        await asyncio.sleep(0.01)
-    assert threading.active_count() == before
+    await wait_for_sqlite_threads(before)
 
 
 def test_aiosqlite_private_call_we_rely_on_still_exists() -> None:

@@ -1,0 +1,153 @@
+"""``retract demo``: end to end, in-process and as a real process, and its undo handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retract import OperationRecord, OperationState, UndoSkipped
+from retract.cli import _demo_files as files
+
+from .conftest import Cli
+
+_KEPT = re.compile(r"kept the demo directory: (\S+)")
+
+
+def _kept(out: str) -> Path:
+    match = _KEPT.search(out)
+    assert match is not None, out
+    return Path(match.group(1))
+
+
+def test_demo_restores_every_file(cli: Cli) -> None:
+    """The demo exits 0, says "restored: yes", and leaves no temporary directory."""
+    result = cli("demo")
+    assert result.code == 0, result.err
+    assert "restored: yes" in result.out
+    assert "kept the demo directory" not in result.out
+    root = Path(re.search(r"files:\s+(\S+)", result.out).group(1)).parent  # type: ignore[union-attr]
+    assert not root.exists()
+
+
+def test_demo_output_walks_through_each_stage(cli: Cli) -> None:
+    """The output shows the steps, the journal as ``show`` prints it, and the undo report."""
+    out = cli("demo").out
+    for text in ("demo.write", "demo.move", "demo.delete", "demo.create"):
+        assert text in out
+    assert "operations (4, in order):" in out
+    assert "rolled back" in out
+    assert "4 undone, 0 skipped, 0 failed; 0 left to undo" in out
+    assert "archive/notes.txt" in out
+    assert "new" in out
+    assert "gone" in out
+
+
+def test_demo_keep_leaves_identical_files(cli: Cli) -> None:
+    """With ``--keep`` the directory stays, and its files are byte for byte the seed."""
+    result = cli("demo", "--keep")
+    assert result.code == 0
+    root = _kept(result.out)
+    try:
+        assert files.snapshot(root / files.FILES_DIR) == {
+            "config.json": files.SEED["config.json"],
+            "data": None,
+            "data/report.csv": files.SEED["data/report.csv"],
+            "notes.txt": files.SEED["notes.txt"],
+            "old.log": files.SEED["old.log"],
+        }
+        assert (root / "journal.db").exists()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_demo_with_memory_journal(cli: Cli) -> None:
+    """``--db :memory:`` works for the demo."""
+    result = cli("demo", "--db", ":memory:")
+    assert result.code == 0
+    assert "journal: :memory:" in result.out
+
+
+def test_demo_with_db_keeps_the_session(cli: Cli, db: Path) -> None:
+    """``--db PATH`` journals the demo session there; it ends rolled back."""
+    assert cli("demo", "--db", str(db)).code == 0
+    (session,) = cli("--db", str(db), "sessions", "--json").json()["sessions"]
+    assert session["status"] == "rolled_back"
+    assert session["context"]["command"] == "retract demo"
+
+
+def test_demo_as_a_real_process(tmp_path: Path) -> None:
+    """``python -m retract demo`` runs in a fresh process and restores the files."""
+    done = subprocess.run(
+        [sys.executable, "-m", "retract", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "restored: yes" in done.stdout
+    assert done.stderr == ""
+
+
+def test_console_script_runs_the_demo(tmp_path: Path) -> None:
+    """The installed ``retract`` console script runs the demo too."""
+    script = Path(sys.executable).parent / "retract"
+    if not script.exists():
+        pytest.skip("the retract console script is not installed in this environment")
+    done = subprocess.run(
+        [str(script), "demo"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "restored: yes" in done.stdout
+
+
+def _op(op_type: str, payload: dict[str, object]) -> OperationRecord:
+    return OperationRecord("op", "sid", 1, op_type, payload, None, OperationState.IN_DOUBT)  # type: ignore[arg-type]
+
+
+def test_handlers_skip_changes_that_never_happened(tmp_path: Path) -> None:
+    """In-doubt operations whose effect never happened are skipped, not failed."""
+    files.seed(tmp_path)
+    registry = files.make_registry(tmp_path)
+    cases = [
+        _op("demo.write", {"path": "files/config.json", "backup": "b/none"}),
+        _op("demo.move", {"src": "files/notes.txt", "dst": "files/x/n", "make_dirs": []}),
+        _op("demo.delete", {"path": "files/old.log", "backup": "b/none"}),
+        _op("demo.create", {"path": "files/never.txt"}),
+    ]
+    for op in cases:
+        with pytest.raises(UndoSkipped):
+            asyncio.run(registry.run(op))
+    assert files.snapshot(tmp_path / files.FILES_DIR)["config.json"] == files.SEED["config.json"]
+
+
+def test_move_undo_removes_the_directory_it_made(tmp_path: Path) -> None:
+    """Undoing the move puts the file back and removes the directory the move created."""
+    files.seed(tmp_path)
+    before = files.snapshot(tmp_path / files.FILES_DIR)
+    made = files.missing_dirs(tmp_path, "files/a/b/notes.txt")
+    assert made == ["files/a", "files/a/b"]
+    files.move_file(tmp_path, "files/notes.txt", "files/a/b/notes.txt", made)
+    op = _op(
+        "demo.move", {"src": "files/notes.txt", "dst": "files/a/b/notes.txt", "make_dirs": made}
+    )
+    asyncio.run(files.make_registry(tmp_path).run(op))
+    assert files.snapshot(tmp_path / files.FILES_DIR) == before
+
+
+def test_tree_marks_changes() -> None:
+    """The tree marks new, changed and gone entries against the earlier snapshot."""
+    before = {"a": b"1", "b": b"2", "d": None}
+    now = {"a": b"1", "b": b"22", "c": b"3"}
+    lines = {line.split()[0]: line for line in files.tree(now, before)}
+    assert lines["a"].split()[-1] != "changed"
+    assert lines["b"].endswith("changed")
+    assert lines["c"].endswith("new")
+    assert lines["d/"].endswith("gone")

@@ -1,0 +1,20 @@
+"""Helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+
+def sqlite_threads() -> list[threading.Thread]:
+    """The aiosqlite connection threads alive right now (each open connection has one)."""
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+
+async def wait_for_sqlite_threads(count: int) -> None:
+    """Wait (briefly) until exactly ``count`` aiosqlite threads are alive, else fail."""
+    for _ in range(200):
+        if len(sqlite_threads()) == count:
+            return
+        await asyncio.sleep(0.01)
+    assert len(sqlite_threads()) == count, sqlite_threads()
