@@ -227,6 +227,25 @@ def test_session_running_elsewhere_is_refused(
     assert states(db, session_id) == (S.COMPLETED, [O.DONE])
 
 
+def test_blocked_session_is_refused_before_asking(
+    cli: Cli, db: Path, handlers: tuple[str, Path]
+) -> None:
+    """A running session is refused (exit 1) before any confirmation is asked for."""
+
+    async def scenario() -> tuple[int, str]:
+        async with open_journal(db) as journal, journal.start_session() as session:
+            await session.record_operation("t.ok", {})
+            app = f"{handlers[0]}:registry"
+            code = await asyncio.to_thread(
+                main, ["--db", str(db), "undo", session.session_id, "--app", app]
+            )
+            return code, session.session_id
+
+    code, session_id = asyncio.run(scenario())
+    assert code == 1
+    assert states(db, session_id) == (S.COMPLETED, [O.DONE])
+
+
 def test_ctrl_c_during_undo_exits_130_and_records_progress(
     cli: Cli, db: Path, tmp_path: Path
 ) -> None:

@@ -337,6 +337,12 @@ async def test_undo_of_a_running_session_is_refused(journal: Journal) -> None:
         await session.record_operation("t.op", {"i": 0})
         with pytest.raises(SessionStateError, match="still running"):
             await journal.undo_session(session.session_id, Recorder().registry)
+        plan = await journal.plan_undo(session.session_id, Recorder().registry)
+        assert plan.blocker is not None
+        assert "still running" in plan.blocker
+        assert not plan.ready
+    plan = await journal.plan_undo(session.session_id, Recorder().registry)
+    assert (plan.blocker, plan.ready) == (None, True)
 
 
 async def test_undo_on_error_rolls_back_then_reraises(journal: Journal) -> None:

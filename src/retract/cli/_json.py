@@ -76,6 +76,7 @@ def plan_json(plan: UndoPlan) -> dict[str, Any]:
         "session": session_json(plan.session),
         "ready": plan.ready,
         "missing_types": list(plan.missing_types),
+        "blocker": plan.blocker,
         "operations": [operation_json(op) for op in plan.operations],
     }
 

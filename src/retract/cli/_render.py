@@ -165,6 +165,8 @@ def plan_text(plan: UndoPlan, width: int | None) -> str:
             + ", ".join(plan.missing_types)
             + " (pass --app module:registry with handlers for them)"
         )
+    if plan.blocker is not None:
+        lines.append(f"cannot be undone now: {plan.blocker}")
     lines.append("nothing was changed (dry run)")
     return "\n".join(lines)
 

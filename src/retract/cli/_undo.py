@@ -11,7 +11,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
-from .._errors import UndoErrorGroup, UndoFailedError, UnknownOperationTypeError
+from .._errors import (
+    SessionStateError,
+    UndoErrorGroup,
+    UndoFailedError,
+    UnknownOperationTypeError,
+)
 from ..journal import OperationRecord, OperationRegistry, UndoPlan, UndoReport, open_journal
 from . import _json, _render
 from ._app import AppSpec, load_target, resolve_registry
@@ -55,8 +60,10 @@ def undo(console: Console, path: str, options: UndoOptions) -> int:
         else:
             console.print(_render.plan_text(plan, console.width()))
         return ExitCode.OK if plan.ready else ExitCode.FAILURE
-    if not plan.ready:
+    if plan.missing_types:
         raise UnknownOperationTypeError(full_id, plan.missing_types, registry.types())
+    if plan.blocker is not None:
+        raise SessionStateError(plan.blocker)
     if plan.operations and not options.yes and not _confirm(console, plan):
         console.note(f"not undone: session {full_id} is unchanged")
         return ExitCode.FAILURE

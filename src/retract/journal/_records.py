@@ -141,16 +141,19 @@ class UndoPlan:
     :ivar operations: the operations still to undo, in the order they would be undone
         (newest first). Operations already UNDONE or SKIPPED are left out.
     :ivar missing_types: operation types with no handler; the undo would refuse to start.
+    :ivar blocker: why the session cannot be undone right now (it is still running, or
+        another live process is undoing it), or None.
     """
 
     session: SessionRecord
     operations: tuple[OperationRecord, ...]
     missing_types: tuple[str, ...] = ()
+    blocker: str | None = None
 
     @property
     def ready(self) -> bool:
-        """True when every operation has a handler."""
-        return not self.missing_types
+        """True when an undo could start now: every type has a handler, nothing blocks."""
+        return not self.missing_types and self.blocker is None
 
     def __len__(self) -> int:
         return len(self.operations)
@@ -175,7 +178,8 @@ class UndoReport:
     :ivar undone: operations undone by this run.
     :ivar skipped: operations whose handler raised :class:`~retract.UndoSkipped`.
     :ivar failed: operations whose handler raised, in the order they failed.
-    :ivar remaining: operations left for a later run (after a stop or cancellation).
+    :ivar remaining: operations still to undo by a later run: those whose handler failed
+        and those not reached after a stop or cancellation.
     """
 
     session_id: str

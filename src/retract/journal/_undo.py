@@ -91,7 +91,12 @@ async def plan_undo(journal: Journal, session_id: str, registry: OperationRegist
         operations += page
         before = page[-1].sequence
     missing = sorted({op.op_type for op in operations} - set(registry.types()))
-    return UndoPlan(session, tuple(operations), tuple(missing))
+    blocker: str | None = None
+    try:
+        _check_claimable(session)
+    except SessionStateError as exc:
+        blocker = str(exc)
+    return UndoPlan(session, tuple(operations), tuple(missing), blocker)
 
 
 async def undo_session(
