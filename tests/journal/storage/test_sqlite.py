@@ -292,12 +292,21 @@ async def test_write_ahead_log_is_preallocated(storage: SQLiteStorage) -> None:
 
 
 async def test_closing_releases_threads(tmp_path: Path) -> None:
-    """After aclose no aiosqlite connection thread is left running."""
-    before = len(sqlite_threads())
+    """After aclose the storage's two aiosqlite connection threads have ended."""
     async with open_journal(tmp_path / "j.db") as journal, journal.start_session() as session:
         await session.record_operation("t.op", {})
-        assert len(sqlite_threads()) == before + 2
-    await wait_for_sqlite_threads(before)
+        storage = journal.storage
+        assert isinstance(storage, SQLiteStorage)
+        threads = [
+            t.conn._thread
+            for t in (storage._writer_thread, storage._reader_thread)
+            if t is not None
+        ]
+        assert len(threads) == 2
+        assert all(t.is_alive() for t in threads)
+    for thread in threads:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
 
 
 async def test_failed_open_releases_threads(tmp_path: Path) -> None:

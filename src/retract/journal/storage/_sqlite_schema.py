@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from typing import Literal
 
 from ..._errors import NotAJournalError, SchemaVersionError
@@ -83,6 +84,10 @@ def prepare_connection(
     """Set every pragma on ``conn`` and check (or create) the schema.
 
     The header is read before anything is written, so a foreign file is never touched.
+    Safe when several connections (or processes) open a new file at once: the checks
+    read one consistent snapshot, switching to WAL waits for the others like any lock
+    does (up to ``busy_timeout``), and the schema is created under the write lock after
+    checking again.
 
     :param create: create the schema in an empty database (the writer connection does;
         the reader only checks).
@@ -90,32 +95,21 @@ def prepare_connection(
     :raises SchemaVersionError: the journal has a newer schema than this retract knows.
     """
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    try:
-        app_id, version = _header(conn)
-    except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc) or "malformed" in str(exc):
-            raise NotAJournalError(
-                f"{location} is not a retract journal (not an SQLite database: {exc}); "
-                "choose another path, or move the file away"
-            ) from exc
-        raise
-    _check_header(conn, location, app_id, version)
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise NotAJournalError(
-            f"{location}: SQLite refused write-ahead logging (journal_mode={mode}); the "
-            "journal needs a local filesystem that supports shared memory"
-        )
+    app_id, version, tables = _snapshot(conn, location)
+    _check_header(location, app_id, version, tables)
+    _enable_wal(conn, location, busy_timeout)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
-    if app_id == 0 and create:
+    if not create:
+        conn.execute("PRAGMA query_only = ON")
+    elif app_id != APPLICATION_ID:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # Re-read under the write lock: another process may have created it first.
-            app_id, version = _header(conn)
+            # Check again under the write lock: another process may have created it.
+            app_id, version, tables = _read_header(conn)
+            _check_header(location, app_id, version, tables)
             if app_id == 0:
-                _check_header(conn, location, app_id, version)
                 for statement in _statements(_SCHEMA):
                     conn.execute(statement)
             conn.execute("COMMIT")
@@ -123,8 +117,46 @@ def prepare_connection(
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-    elif not create:
-        conn.execute("PRAGMA query_only = ON")
+
+
+def _snapshot(conn: sqlite3.Connection, location: str) -> tuple[int, int, set[str]]:
+    """Header and table names read in one transaction (one consistent view)."""
+    conn.execute("BEGIN")
+    try:
+        return _read_header(conn)
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise NotAJournalError(
+                f"{location} is not a retract journal (not an SQLite database: {exc}); "
+                "choose another path, or move the file away"
+            ) from exc
+        raise
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _enable_wal(conn: sqlite3.Connection, location: str, busy_timeout: float) -> None:
+    """Switch to WAL, waiting while other connections hold the file (SQLite won't)."""
+    # Switching a new file to WAL needs an exclusive lock, and SQLite reports a busy
+    # file at once instead of calling its busy handler: wait here, as for any lock.
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.001
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    if str(mode).lower() != "wal":
+        raise NotAJournalError(
+            f"{location}: SQLite refused write-ahead logging (journal_mode={mode}); the "
+            "journal needs a local filesystem that supports shared memory"
+        )
 
 
 def _statements(script: str) -> list[str]:
@@ -139,13 +171,14 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _header(conn: sqlite3.Connection) -> tuple[int, int]:
+def _read_header(conn: sqlite3.Connection) -> tuple[int, int, set[str]]:
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    return int(app_id), int(version)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    return int(app_id), int(version), tables
 
 
-def _check_header(conn: sqlite3.Connection, location: str, app_id: int, version: int) -> None:
+def _check_header(location: str, app_id: int, version: int, tables: set[str]) -> None:
     if app_id == APPLICATION_ID:
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -153,7 +186,6 @@ def _check_header(conn: sqlite3.Connection, location: str, app_id: int, version:
                 f"{SCHEMA_VERSION} this retract understands: upgrade retract to read it"
             )
         return
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     if app_id == 0 and not tables:
         return  # empty: ours to create
     hint = ""
