@@ -23,17 +23,18 @@ def _env(session: nox.Session, python: str | None = None) -> dict[str, str]:
     env = {"UV_PYTHON_DOWNLOADS": "never"}
     if python is not None:
         # one environment per interpreter, so the project's .venv is left alone
-        env["UV_PROJECT_ENVIRONMENT"] = os.path.join(".nox", f"uv-{python}")
-        env["UV_PYTHON"] = python
+        location = os.path.join(".nox", f"uv-{python}")
+        env |= {"UV_PROJECT_ENVIRONMENT": location, "VIRTUAL_ENV": location, "UV_PYTHON": python}
     pyenv = shutil.which("pyenv")
-    if pyenv and "PYENV_VERSION" not in os.environ:
-        # pyenv hides every interpreter but the global one; uv finds them all this way
+    if pyenv:
+        # pyenv shows only the selected interpreter (often through PYENV_VERSION, which
+        # its shims set); uv finds the others once they are listed there too
         versions = subprocess.run(
             [pyenv, "versions", "--bare"], capture_output=True, text=True, check=False
         ).stdout.split()
+        selected = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
         wanted = [v for v in versions if any(v.startswith(p + ".") for p in PYTHONS)]
-        if wanted:
-            env["PYENV_VERSION"] = ":".join(wanted)
+        env["PYENV_VERSION"] = ":".join(dict.fromkeys(selected + wanted))
     return env
 
 
