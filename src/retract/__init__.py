@@ -26,6 +26,7 @@ from .journal import FailedOperation as FailedOperation
 from .journal import InMemoryStorage as InMemoryStorage
 from .journal import Journal as Journal
 from .journal import MetricsCollector as MetricsCollector
+from .journal import OperationFactory as OperationFactory
 from .journal import OperationRecord as OperationRecord
 from .journal import OperationRegistry as OperationRegistry
 from .journal import OperationState as OperationState
@@ -36,6 +37,8 @@ from .journal import SessionStatus as SessionStatus
 from .journal import SQLiteStorage as SQLiteStorage
 from .journal import Step as Step
 from .journal import Storage as Storage
+from .journal import UndoableOperation as UndoableOperation
+from .journal import UndoHandler as UndoHandler
 from .journal import UndoPlan as UndoPlan
 from .journal import UndoReport as UndoReport
 from .journal import open_journal as open_journal
@@ -54,6 +57,7 @@ __all__ = (
     "MetricsCollector",
     "NotAJournalError",
     "NotSerializableError",
+    "OperationFactory",
     "OperationRecord",
     "OperationRegistry",
     "OperationState",
@@ -72,10 +76,12 @@ __all__ = (
     "UndoError",
     "UndoErrorGroup",
     "UndoFailedError",
+    "UndoHandler",
     "UndoInProgressError",
     "UndoPlan",
     "UndoReport",
     "UndoSkipped",
+    "UndoableOperation",
     "UnknownOperationTypeError",
     "__version__",
     "open_journal",

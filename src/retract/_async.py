@@ -38,13 +38,17 @@ async def shielded(awaitable: Awaitable[T]) -> T:
     """
     task = asyncio.ensure_future(awaitable)
     cancel: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            # wait() never cancels what it waits for, and propagates nothing but our own
-            # cancellation.
-            await asyncio.wait((task,))
-        except asyncio.CancelledError as exc:
-            cancel = exc
+    # The anyio shield keeps anyio's cancel scopes from re-delivering their cancellation
+    # on every loop turn (a busy spin while we wait); asyncio's own cancellations still
+    # arrive and are absorbed by the loop below.
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                # wait() never cancels what it waits for, and propagates nothing but
+                # our own cancellation.
+                await asyncio.wait((task,))
+            except asyncio.CancelledError as exc:
+                cancel = exc
     if cancel is not None:
         if not task.cancelled() and task.exception() is not None:
             logger.warning(

@@ -130,18 +130,29 @@ class Journal:
 
     # -- sessions -------------------------------------------------------------------
 
-    def start_session(self, *, undo_on_error: bool = False, **context: Any) -> SessionContext:
+    def start_session(
+        self,
+        *,
+        undo_on_error: bool = False,
+        undo_timeout: float | None = 60.0,
+        **context: Any,
+    ) -> SessionContext:
         """Start a session: ``async with journal.start_session(script="x") as session``.
 
         :param context: what to remember about the run (JSON values), e.g. the script
             and its arguments.
         :param undo_on_error: if the block raises (or is cancelled), undo the session's
             operations with the journal's registry, then re-raise the original exception
-            unchanged (a failed undo is logged and added as a note to it).
+            unchanged (a failed undo is logged and added as a note to it). The undo is
+            shielded from cancellation, so a cancelled block is rolled back too.
+        :param undo_timeout: the most seconds that automatic undo may take (None: no
+            limit); past it, the undo is cancelled, keeps its progress and is noted as
+            failed on the exception. ``undo_on_error`` and ``undo_timeout`` are not
+            part of the context.
         :raises NotSerializableError: ``context`` is not plain JSON (a TypeError naming
             the key), raised here, before anything is written.
         """
-        return SessionContext(self, context, undo_on_error=undo_on_error)
+        return SessionContext(self, context, undo_on_error=undo_on_error, undo_timeout=undo_timeout)
 
     # -- queries --------------------------------------------------------------------
 
@@ -223,7 +234,9 @@ class Journal:
         :raises SessionNotFoundError: no session has this id.
         """
         self.check_open()
-        return await plan_undo(self, session_id, registry or self.registry)
+        return await plan_undo(
+            self, session_id, registry if registry is not None else self.registry
+        )
 
     async def undo_session(
         self,
@@ -270,7 +283,7 @@ class Journal:
         return await undo_session(
             self,
             session_id,
-            registry or self.registry,
+            registry if registry is not None else self.registry,
             on_error=on_error,
             max_in_doubt=max_in_doubt,
             progress=progress,

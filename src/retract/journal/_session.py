@@ -174,6 +174,7 @@ class Step:
         self._payload_json = encode(payload, "payload")
         self._changed = False
         self._entered = False
+        self._exited = False
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -186,7 +187,12 @@ class Step:
         Use it for facts known only after the effect (a created id, a previous value).
 
         :raises NotSerializableError: a value is not plain JSON; the payload is unchanged.
+        :raises SessionStateError: the step has already ended (its state is written).
         """
+        if self._exited:
+            raise SessionStateError(
+                f"step {self.op_id} ({self.op_type}) has ended; update it inside its block"
+            )
         merged = {**self._payload, **(fields or {}), **more}
         self._payload_json = encode(merged, "payload")
         self._payload = merged
@@ -211,7 +217,10 @@ class Step:
         except asyncio.CancelledError:
             if not write.cancelled() and write.exception() is None:
                 (self.sequence,) = write.result()
-                await self._write(OperationState.FAILED, _CANCELLED_BEFORE_BODY)
+                try:
+                    await self._write(OperationState.FAILED, _CANCELLED_BEFORE_BODY)
+                except Exception:  # the cancellation, not this, is what propagates
+                    logger.warning("could not mark step %s FAILED", self.op_id, exc_info=True)
             raise
         metrics = session.journal.metrics
         if metrics is not None:
@@ -224,6 +233,7 @@ class Step:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._exited = True
         if exc is None:
             await self._write(OperationState.DONE, None)
             return
@@ -260,14 +270,26 @@ class SessionContext:
     propagates unchanged); CANCELLED when the block is cancelled (or interrupted by
     Ctrl+C). These writes are shielded, so a second cancellation cannot leave the
     session RUNNING. With ``undo_on_error=True`` a failed or cancelled session is then
-    undone with the journal's registry before the exception propagates.
+    undone with the journal's registry before the exception propagates; that undo is
+    shielded too (a client that disconnects still gets its request rolled back) but
+    bounded by ``undo_timeout`` seconds, after which it is cancelled like any undo
+    (its progress stays in the journal, ``retract undo`` finishes it).
     """
 
-    def __init__(self, journal: Journal, context: dict[str, Any], *, undo_on_error: bool) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        context: dict[str, Any],
+        *,
+        undo_on_error: bool,
+        undo_timeout: float | None,
+    ) -> None:
+        if undo_timeout is not None and undo_timeout <= 0:
+            raise ValueError(f"undo_timeout must be positive seconds or None, not {undo_timeout!r}")
         self._journal = journal
-        self._context = context
         self._context_json = encode(context, "context")
         self._undo_on_error = undo_on_error
+        self._undo_timeout = undo_timeout
         self._session: Session | None = None
 
     async def __aenter__(self) -> Session:
@@ -288,9 +310,12 @@ class SessionContext:
                 )
             )
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                await shielded(self._finish(SessionStatus.CANCELLED, "CancelledError"))
             active.running.discard(session_id)
+            if isinstance(exc, asyncio.CancelledError):
+                try:
+                    await shielded(self._finish(SessionStatus.CANCELLED, "CancelledError"))
+                except Exception:  # the cancellation, not this, is what propagates
+                    logger.warning("could not record a cancelled start", exc_info=True)
             raise
         if journal.metrics is not None:
             journal.metrics.record_session_created()
@@ -309,14 +334,24 @@ class SessionContext:
         status = (
             SessionStatus.CANCELLED if isinstance(exc, _CANCELLATIONS) else SessionStatus.FAILED
         )
+        # A cancellation that arrives while the end is written (anyio re-delivers one on
+        # every loop turn) must not skip the rollback: remember it, raise it at the end.
+        late: asyncio.CancelledError | None = None
         try:
             await shielded(self._finish(status, describe_error(exc)))
+        except asyncio.CancelledError as cancel:
+            late = cancel
         except Exception:
             logger.warning(
                 "could not record the end of session %s", self._session.session_id, exc_info=True
             )
         if self._undo_on_error:
-            await self._undo_after(exc)
+            try:
+                await self._undo_after(exc)
+            except asyncio.CancelledError as cancel:
+                late = late or cancel
+        if late is not None and not isinstance(exc, asyncio.CancelledError):
+            raise late
 
     async def _finish(self, status: SessionStatus, error: str | None) -> None:
         assert self._session is not None  # noqa: S101
@@ -345,7 +380,9 @@ class SessionContext:
         assert self._session is not None  # noqa: S101
         session_id = self._session.session_id
         try:
-            await shielded(self._journal.undo_session(session_id))
+            await shielded(
+                asyncio.wait_for(self._journal.undo_session(session_id), self._undo_timeout)
+            )
         except Exception as undo_exc:
             # The original exception propagates unchanged; the failed rollback is logged
             # and noted on it, so it is not lost.

@@ -5,8 +5,9 @@ How progress is written (ARIES-style, one commit per window of operations):
 * before a handler runs, its operation is durably UNDOING; after it, UNDONE, SKIPPED or
   UNDO_FAILED. The outcome of one window and the UNDOING marks of the next share a
   commit, so an undo costs about one commit per window, not two per operation.
-* the window adapts: it doubles while handlers are faster than a commit and halves when
-  they are slower, bounded by ``max_in_doubt``. A crash can therefore leave at most that
+* the window adapts to the handlers: it aims at handlers taking about four commits' time
+  per window (growing at most 4x from one window to the next, shrinking at once when
+  they are slow), bounded by ``max_in_doubt``. A crash can therefore leave at most that
   many operations UNDOING; a later run hands them to their handlers with
   ``op.in_doubt`` set. ``max_in_doubt=1`` writes an intent before every single handler.
 * operations already UNDONE or SKIPPED are never given to a handler again.
@@ -113,10 +114,7 @@ async def undo_session(
         raise ValueError(f"on_error must be 'stop' or 'continue', not {on_error!r}")
     if max_in_doubt < 1:
         raise ValueError(f"max_in_doubt must be at least 1, not {max_in_doubt!r}")
-    if session_id in active.undoing:
-        raise UndoInProgressError(
-            f"session {session_id} is already being undone by this process; wait for it"
-        )
+    _refuse_if_undoing_here(session_id)
     session = await require_session(journal, session_id)
     _check_claimable(session)
     total, types = await journal.storage.pending_summary(session_id)
@@ -125,6 +123,9 @@ async def undo_session(
         raise UnknownOperationTypeError(session_id, sorted(missing), registry.types())
     if session.status is SessionStatus.ROLLED_BACK and total == 0:
         return UndoReport(session_id, session.status, 0, 0, 0, (), 0, 0.0)
+    # Checked again with no await before the add: a concurrent undo of this process
+    # that started meanwhile owns the entry, and only the owner may discard it.
+    _refuse_if_undoing_here(session_id)
     active.undoing.add(session_id)
     try:
         await _claim(journal, session)
@@ -132,6 +133,13 @@ async def undo_session(
         return await run.execute()
     finally:
         active.undoing.discard(session_id)
+
+
+def _refuse_if_undoing_here(session_id: str) -> None:
+    if session_id in active.undoing:
+        raise UndoInProgressError(
+            f"session {session_id} is already being undone by this process; wait for it"
+        )
 
 
 def _check_claimable(session: SessionRecord) -> None:
@@ -162,19 +170,50 @@ def _check_claimable(session: SessionRecord) -> None:
 
 
 async def _claim(journal: Journal, session: SessionRecord) -> None:
-    """Make this process the session's undoer, atomically (compare-and-set)."""
+    """Make this process the session's undoer, atomically (compare-and-set).
+
+    Shielded: if the awaiting task is cancelled, the outcome of the claim is awaited,
+    and a claim that landed is given back (the session returns to its previous status,
+    or to INTERRUPTED if it had been abandoned) before the cancellation propagates, so
+    it never stays UNDOING with no undo running.
+    """
     status = session.status
     owner = session.owner
-    claimed = await journal.storage.update_session(
-        session.session_id,
-        status=SessionStatus.UNDOING,
-        at=time.time(),
-        owner=current_owner(),
-        expect_statuses=(status,),
-        expect_owner=owner.token if owner is not None else None,
-        count_undo=True,
-        settle_intents=True,
+    storage = journal.storage
+    write = asyncio.ensure_future(
+        storage.update_session(
+            session.session_id,
+            status=SessionStatus.UNDOING,
+            at=time.time(),
+            owner=current_owner(),
+            expect_statuses=(status,),
+            expect_owner=owner.token if owner is not None else None,
+            count_undo=True,
+            settle_intents=True,
+        )
     )
+    try:
+        claimed = await shielded(write)
+    except asyncio.CancelledError:
+        if not write.cancelled() and write.exception() is None and write.result():
+            back = (
+                SessionStatus.INTERRUPTED
+                if status in (SessionStatus.RUNNING, SessionStatus.UNDOING)
+                else status
+            )
+            try:
+                await shielded(
+                    storage.update_session(
+                        session.session_id,
+                        status=back,
+                        at=time.time(),
+                        expect_statuses=(SessionStatus.UNDOING,),
+                        expect_owner=current_owner().token,
+                    )
+                )
+            except Exception:
+                logger.warning("could not give back the claim on %s", session.session_id)
+        raise
     if not claimed:
         raise UndoInProgressError(
             f"session {session.session_id} changed while this undo was starting (another "
@@ -268,8 +307,7 @@ class _UndoRun:
         except asyncio.CancelledError:
             if not write.cancelled() and write.exception() is None:
                 self.outcomes = []
-                self.last_window = window
-                self._release(chunk)  # marked, but no handler of it ran
+                self._release(chunk, 0)  # marked, but no handler of it ran
             raise
         self.outcomes = []
         self.last_window = window
@@ -289,22 +327,32 @@ class _UndoRun:
                 self.errors.append(exc)
                 if self.on_error == "stop":
                     self.stopped = True
-                    self._release(chunk[index + 1 :])
+                    self._release(chunk, index + 1)
                     return
             except BaseException as exc:
                 # Cancelled (or interrupted) inside a handler: its effect is unknown.
                 self.outcomes.append(_update(op, OperationState.UNDO_FAILED, describe_error(exc)))
-                self._release(chunk[index + 1 :])
+                self._release(chunk, index + 1)
                 raise
             else:
                 self.undone += 1
             if self.progress is not None:
-                self.progress(self.undone + self.skipped + len(self.failed), self.total)
+                try:
+                    self.progress(self.undone + self.skipped + len(self.failed), self.total)
+                except BaseException:
+                    self._release(chunk, index + 1)
+                    raise
         self._adapt(committed - begun, time.perf_counter() - committed, len(chunk))
 
-    def _release(self, never_started: list[OperationRecord]) -> None:
-        """Give operations whose handler never ran their previous state back."""
-        self.outcomes += [_update(op, op.state, op.error) for op in never_started]
+    def _release(self, chunk: list[OperationRecord], start: int) -> None:
+        """Give the operations of ``chunk[start:]``, whose handlers never ran, back.
+
+        Each returns to the state it had before this run (UNDOING too, if an earlier,
+        interrupted run left it so), and the window whose UNDOING marks are flipped to
+        UNDONE by the next write shrinks to the operations whose handlers did run.
+        """
+        self.outcomes += [_update(op, op.state, op.error) for op in chunk[start:]]
+        self.last_window = (chunk[start - 1].sequence, chunk[0].sequence) if start else None
 
     def _adapt(self, commit_time: float, handler_time: float, handled: int) -> None:
         # Aim for a window whose handlers take about four commits' time, so that progress
@@ -328,13 +376,23 @@ class _UndoRun:
         remaining = self.total - self.undone - self.skipped
         complete = remaining == 0 and interrupted is None and not self.failed
         status = SessionStatus.ROLLED_BACK if complete else SessionStatus.PARTIALLY_ROLLED_BACK
-        await storage.update_session(
+        ended = await storage.update_session(
             self.session_id,
             status=status,
             at=time.time(),
             expect_statuses=(SessionStatus.UNDOING,),
             expect_owner=current_owner().token,
         )
+        if not ended:
+            now = await storage.get_session(self.session_id)
+            logger.warning(
+                "session %s changed hands during its undo; it is %s, not %s",
+                self.session_id,
+                None if now is None else now.status.value,
+                status.value,
+            )
+            if now is not None:
+                status = now.status
         metrics = self.journal.metrics
         if metrics is not None:
             metrics.record_undo(duration, undone=self.undone, failed=len(self.failed))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..._errors import JournalClosedError, SessionNotFoundError
 from .._encoding import decode
 from .._records import (
+    SETTLED_STATES,
     TERMINAL_STATUSES,
     OperationRecord,
     OperationState,
@@ -217,7 +218,7 @@ class InMemoryStorage:
                     op.state, op.error, op.updated_at = OperationState.UNDONE, None, at
         if begin is not None:
             for op in session.ops[max(begin[0] - 1, 0) : begin[1]]:
-                if op.state not in (OperationState.UNDONE, OperationState.SKIPPED):
+                if op.state not in SETTLED_STATES:
                     op.state, op.updated_at = OperationState.UNDOING, at
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -266,7 +267,7 @@ class InMemoryStorage:
             if len(page) >= limit:
                 break
             op = session.ops[index]
-            if pending_only and op.state in (OperationState.UNDONE, OperationState.SKIPPED):
+            if pending_only and op.state in SETTLED_STATES:
                 continue
             page.append(op.record())
         return page
@@ -275,9 +276,5 @@ class InMemoryStorage:
         """Count and types of the operations that still need undo."""
         self._check_open()
         session = self._sessions.get(session_id)
-        pending = [
-            op
-            for op in (session.ops if session else ())
-            if op.state not in (OperationState.UNDONE, OperationState.SKIPPED)
-        ]
+        pending = [op for op in (session.ops if session else ()) if op.state not in SETTLED_STATES]
         return len(pending), {op.op_type for op in pending}
