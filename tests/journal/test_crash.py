@@ -560,11 +560,10 @@ UNDO_VARIANTS = pytest.mark.parametrize(
 )
 
 
-@UNDO_VARIANTS
-async def test_kill_during_undo_then_resume_never_repeats_an_undone_operation(
-    tmp_path: Path, max_in_doubt: int | None, handler_delay: float
+async def run_undo_trials(
+    tmp_path: Path, max_in_doubt: int | None, handler_delay: float, trials: int, offset: int
 ) -> None:
-    """An undo killed mid-way resumes: UNDONE ops are skipped, UNDOING ones come in doubt."""
+    """Run ``trials`` kill-during-undo trials and print what the kills hit."""
     stats: collections.Counter[str] = collections.Counter()
 
     async def trial(index: int, seed: int) -> str:
@@ -577,8 +576,16 @@ async def test_kill_during_undo_then_resume_never_repeats_an_undone_operation(
             stats=stats,
         )
 
-    await run_trials(max(1, TRIALS // 5), trial, offset=2_000_000)
+    await run_trials(trials, trial, offset=offset)
     print(dict(stats))
+
+
+@UNDO_VARIANTS
+async def test_kill_during_undo_then_resume_never_repeats_an_undone_operation(
+    tmp_path: Path, max_in_doubt: int | None, handler_delay: float
+) -> None:
+    """An undo killed mid-way resumes: UNDONE ops are skipped, UNDOING ones come in doubt."""
+    await run_undo_trials(tmp_path, max_in_doubt, handler_delay, max(1, TRIALS // 5), 2_000_000)
 
 
 @pytest.mark.slow
@@ -590,17 +597,4 @@ async def test_long_kill_during_undo(
     tmp_path: Path, max_in_doubt: int | None, handler_delay: float
 ) -> None:
     """The long variant of the kill-during-undo harness (half as many trials as kills)."""
-    stats: collections.Counter[str] = collections.Counter()
-
-    async def trial(index: int, seed: int) -> str:
-        return await kill_during_undo(
-            tmp_path,
-            index,
-            seed,
-            max_in_doubt=max_in_doubt,
-            handler_delay=handler_delay,
-            stats=stats,
-        )
-
-    await run_trials(max(1, TRIALS // 2), trial, offset=3_000_000)
-    print(dict(stats))
+    await run_undo_trials(tmp_path, max_in_doubt, handler_delay, max(1, TRIALS // 2), 3_000_000)
