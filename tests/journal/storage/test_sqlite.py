@@ -250,6 +250,28 @@ async def test_lock_held_too_long_is_a_busy_error_and_not_fatal(tmp_path: Path) 
         assert len(await journal.get_operations(session.session_id)) == 1
 
 
+async def test_requests_queued_behind_a_failed_batch_still_run(tmp_path: Path) -> None:
+    """A batch that fails as a whole (lock timeout) does not wedge the writer."""
+    path = tmp_path / "j.db"
+    async with open_journal(path, busy_timeout=0.5) as journal:
+        async with journal.start_session() as session:
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                first = asyncio.create_task(session.record_operation("t.op", {"i": 0}))
+                await asyncio.sleep(0.05)
+                second = asyncio.create_task(session.record_operation("t.op", {"i": 1}))
+                with pytest.raises(JournalBusyError):
+                    await first
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            # a hang detector, not a speed check: a wedged writer never finishes
+            record = await asyncio.wait_for(second, timeout=30)
+        assert record.sequence == 1
+        assert [op.payload for op in await journal.get_operations(session.session_id)] == [{"i": 1}]
+
+
 async def test_concurrent_writes_share_commits(storage: SQLiteStorage, tmp_path: Path) -> None:
     """Concurrent appends are committed together: fewer transactions than requests."""
     async with open_journal(tmp_path / "g.db") as journal:

@@ -4,11 +4,14 @@ Design, in short:
 
 * Two connections: a writer and a reader (``query_only``). WAL lets the reader see
   every committed write without waiting behind the writer's fsyncs.
-* Group commit: writes of concurrent callers queue up while the writer is busy; the next
-  transaction takes all of them (``BEGIN IMMEDIATE`` ... ``COMMIT``) in *one* call on the
-  connection's thread, so a batch costs one thread hop and one fsync, and every caller
-  resumes only after the commit that holds its rows. A request that fails is isolated
-  (the batch is retried with a savepoint per request) so it cannot sink its neighbours.
+* Group commit: writes of concurrent callers queue up while the writer is busy; on the
+  connection's thread, a drain commits what is queued as one transaction, then what was
+  queued meanwhile, and so on, so a batch costs one fsync, a busy period one thread hop,
+  and every caller resumes only after the commit that holds its rows. A batch of plain
+  appends is a single multi-row INSERT (SQLite commits a lone statement atomically). A
+  request that fails is isolated (the batch is retried with a savepoint per request) so
+  it cannot sink its neighbours. ``docs/benchmarks.md`` explains the measurements behind
+  the details (the GIL shapes most of them).
 * Every pragma is set on every connection; the schema is checked before anything is
   written, so a foreign file is never touched.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -53,6 +57,8 @@ from ._sqlite_schema import Synchronous, preallocate_wal, prepare_connection
 
 __all__ = ("SQLiteStorage",)
 
+logger = logging.getLogger("retract")
+
 T = TypeVar("T")
 
 _SESSION_COLUMNS = (
@@ -68,39 +74,141 @@ _MARK_UNDOING = (
 )
 
 
-_INSERT_OPERATION = (
+#: Rows per INSERT statement: 7 parameters each stays under SQLite's historical limit
+#: of 999 bound parameters (raised to 32766 only in 3.32).
+_ROWS_PER_INSERT = 128
+#: Batches smaller than this are never split (see ``_drain_queue``): serving 16 callers
+#: keeps the loop busy about as long as one commit takes, and below that an extra
+#: commit costs more than the overlap gains.
+_SPLIT_AT = 32
+_INSERT_OPERATIONS = (
     "INSERT INTO operations (session_key, sequence, op_id, op_type, payload, state, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " VALUES "
 )
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    """An INSERT of ``rows`` operations in one statement (see :meth:`_Txn.flush`)."""
+    return _INSERT_OPERATIONS + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
 
 
 class _Txn:
     """Scratch space of one group-commit transaction, shared by its requests.
 
-    Appended operations are buffered and inserted with one ``executemany`` for the
-    whole batch; any other statement flushes them first, so the order of requests
-    is kept. Its caches reach the writer's only when the transaction commits.
+    Appended operations are buffered as one flat parameter list; any other statement
+    flushes them first, so the order of requests is kept. The transaction begins
+    (``BEGIN IMMEDIATE``) only when a statement other than the buffered appends runs:
+    a batch of nothing but appends to known sessions is committed as one multi-row
+    INSERT in autocommit mode, which SQLite makes a transaction of its own.
+    Its caches reach the writer's only when the transaction commits.
+
+    ``before_io`` runs once, just before the first statement: the writer hands the
+    previous batch's results to the event loop there (see ``_drain_queue``).
     """
 
-    __slots__ = ("conn", "finished", "keys", "next_seq", "rows")
+    __slots__ = (
+        "before_io",
+        "begun",
+        "conn",
+        "finished",
+        "keys",
+        "next_seq",
+        "params",
+        "rows",
+        "writer",
+    )
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        writer: _GroupCommitWriter,
+        before_io: Callable[[], None] | None = None,
+    ) -> None:
         self.conn = conn
+        self.writer = writer
+        self.before_io = before_io
+        self.begun = False
         self.keys: dict[str, int] = {}  # session_id -> sessions.seq
         self.next_seq: dict[str, int] = {}  # session_id -> next sequence number
         self.finished: set[str] = set()  # sessions that ended: drop them from the caches
-        self.rows: list[tuple[Any, ...]] = []  # operations to insert
+        self.params: list[Any] = []  # operations to insert, 7 values a row
+        self.rows = 0
+
+    def _io(self) -> None:
+        hook, self.before_io = self.before_io, None
+        if hook is not None:
+            hook()
+
+    def begin(self) -> None:
+        if not self.begun:
+            self._io()
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.begun = True
+
+    def append(self, session_id: str, operations: Sequence[NewOperation]) -> list[int]:
+        """Buffer ``operations`` with the session's next sequence numbers.
+
+        This runs on the writer thread holding the GIL while the event loop may be
+        waiting for it, so the common case (known session, one operation) is kept short.
+        """
+        writer = self.writer
+        key = (
+            self.keys.get(session_id)
+            or writer.keys.get(session_id)
+            or writer.session_key(self, session_id)
+        )
+        first = (
+            self.next_seq.get(session_id)
+            or writer.next_seq.get(session_id)
+            or writer.next_sequence(self, session_id, key)
+        )
+        if len(operations) == 1:
+            op_id, op_type, payload_json, state, created_at = operations[0]
+            self.params += (key, first, op_id, op_type, payload_json, state.value, created_at)
+            self.rows += 1
+            self.next_seq[session_id] = first + 1
+            return [first]
+        params = self.params
+        seq = first
+        for op_id, op_type, payload_json, state, created_at in operations:
+            params += (key, seq, op_id, op_type, payload_json, state.value, created_at)
+            seq += 1
+        self.rows += seq - first
+        self.next_seq[session_id] = seq
+        return list(range(first, seq))
+
+    def discard(self) -> None:
+        """Forget the buffered rows (their savepoint was rolled back)."""
+        self.params = []
+        self.rows = 0
 
     def flush(self) -> None:
-        if self.rows:
-            rows, self.rows = self.rows, []
-            self.conn.executemany(_INSERT_OPERATION, rows)
+        """Insert the buffered rows, in as few statements as possible.
+
+        One multi-row statement instead of ``executemany`` matters on the writer thread:
+        sqlite3 releases the GIL around every step, and each time it wants it back it
+        queues behind the event loop, which lets go of the GIL only when it goes idle.
+        """
+        rows, params = self.rows, self.params
+        if not rows:
+            return
+        self.discard()
+        if not self.begun and rows > _ROWS_PER_INSERT:
+            self.begin()  # several statements: they need a transaction around them
+        self._io()
+        for start in range(0, rows, _ROWS_PER_INSERT):
+            count = min(_ROWS_PER_INSERT, rows - start)
+            chunk = params if count == rows else params[start * 7 : (start + count) * 7]
+            self.conn.execute(_insert_sql(count), chunk)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        self.begin()
         self.flush()
         return self.conn.execute(sql, params)
 
     def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        self.begin()
         self.flush()
         self.conn.executemany(sql, params)
 
@@ -116,15 +224,18 @@ class _ConnectionThread:
     """Runs plain functions on an aiosqlite connection's own thread, one hop per call.
 
     aiosqlite has no public call for this; ``Connection._execute`` (present since its
-    first releases) is the one private name we use, confined to this class and pinned
-    by ``tests/journal/storage/test_sqlite.py``. It turns a BEGIN/INSERT.../COMMIT
-    sequence from N hops into one, which is what makes group commit pay off.
+    first releases) is the private name we use, confined to this class and pinned by
+    ``tests/journal/storage/test_sqlite.py``, along with the worker queue ``_tx`` in
+    :meth:`post`. It turns a BEGIN/INSERT.../COMMIT sequence from N hops into one, which
+    is what makes group commit pay off.
     """
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
         self._execute = cast("Callable[..., Coroutine[Any, Any, Any]]", conn._execute)
         self.raw: sqlite3.Connection | None = None
+        self.closed = False
+        self._put: Callable[[tuple[None, Callable[[], None]]], None] | None = None
 
     async def start(self) -> None:
         # aiosqlite's worker is not a daemon thread: a journal left unclosed would hang
@@ -134,6 +245,8 @@ class _ConnectionThread:
             thread.daemon = True
         await self.conn
         self.raw = await self._execute(lambda: self.conn._conn)
+        put = getattr(getattr(self.conn, "_tx", None), "put_nowait", None)
+        self._put = put if callable(put) else None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return cast("T", await self._execute(fn, *args))
@@ -143,8 +256,7 @@ class _ConnectionThread:
 
         An awaited call (or a task) would queue it only at the next loop iteration,
         after every callback already scheduled. Stepping the coroutine by hand here (what
-        Python 3.12 calls an eager task) is what lets a group commit start while the
-        loop is still busy with the previous batch's callers.
+        Python 3.12 calls an eager task) puts the work on the thread at once.
         """
         result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         coro = self._execute(fn, *args)
@@ -162,156 +274,266 @@ class _ConnectionThread:
         step()
         return result
 
+    def post(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn`` on the thread now, without a result: nothing is sent back.
+
+        The writer's drain reports to the loop itself; the completion that
+        :meth:`start_call` delivers would cost the loop an extra wake-up and three
+        callbacks per drain, which is per record for a sequential writer. ``fn`` must
+        not raise (aiosqlite drops the errors of such calls). This puts the call straight
+        on aiosqlite's private worker queue (``_tx``, present with this layout since 0.20);
+        should that change, it falls back to :meth:`start_call`.
+
+        :raises JournalClosedError: the connection was closed.
+        """
+        if self.raw is None or self.closed:
+            raise JournalClosedError("the journal's connection is closed")
+        if self._put is not None:
+            self._put((None, fn))
+        else:  # pragma: no cover - a future aiosqlite without the worker queue
+            self.start_call(fn).add_done_callback(_log_lost_call)
+
     async def close(self) -> None:
+        self.closed = True
         await self.conn.close()
 
 
-_Request = tuple[_WriteFn, "asyncio.Future[Any]"]
+def _log_lost_call(call: asyncio.Future[Any]) -> None:  # pragma: no cover - see post()
+    if not call.cancelled() and call.exception() is not None:
+        logger.error("a call on the journal's connection failed", exc_info=call.exception())
+
+
+#: A queued write: the caller's future, then either a function run inside the
+#: transaction, or None with the session id and operations of an append.
+_Request = tuple["asyncio.Future[Any]", _WriteFn | None, str, Sequence[NewOperation]]
+_Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 
 
 class _GroupCommitWriter:
-    """Queues write requests and commits what is queued in one transaction.
+    """Queues write requests; the connection thread commits what is queued, batch by batch.
 
-    Only one transaction is in flight at a time; requests made meanwhile form the next
-    one. When a batch commits, its callers are woken in two halves with a "kick" in
-    between, so that the next transaction (holding what the first half asked for next)
-    is committing on the thread while the loop still serves the second half.
+    Group commit is driven from the connection thread: a *drain* runs there while
+    there is work, and each time a transaction commits it takes everything queued
+    meanwhile as the next one, without waiting for the event loop. The loop only
+    appends requests (starting a drain when none runs) and, when told a batch committed,
+    wakes its callers, each of whom resumes only after the commit that holds its rows.
+    So one hop and one fsync serve a whole batch, the next batch commits while the loop
+    serves the previous one, and a batch's callers are woken by one callback.
+
+    ``_pending``, ``_running`` and ``_idle`` are shared with the thread, under ``_lock``.
+    The per-session caches are touched only on the connection thread.
     """
 
     def __init__(self, storage: SQLiteStorage, thread: _ConnectionThread) -> None:
         self._storage = storage
         self._thread = thread
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
         self._pending: list[_Request] = []
-        self._in_flight = False
-        self._kick_scheduled = False
-        self._idle: asyncio.Future[None] | None = None
+        self._running = False  # a drain is queued or running on the thread
+        self._idle: asyncio.Future[None] | None = None  # set by aclose, woken by the drain
         self._closed = False
-        # per-session caches, touched only on the connection thread
-        self._keys: dict[str, int] = {}
-        self._next_seq: dict[str, int] = {}
+        # per-session caches of committed state, touched only on the connection thread
+        self.keys: dict[str, int] = {}  # session_id -> sessions.seq
+        self.next_seq: dict[str, int] = {}  # session_id -> next sequence number
 
-    async def submit(self, fn: _WriteFn) -> Any:
+    def submit(self, fn: _WriteFn) -> asyncio.Future[Any]:
+        """Queue ``fn`` to run in a transaction; the future resolves once it committed."""
+        future = self._loop.create_future()
+        self._queue((future, fn, "", ()))
+        return future
+
+    def append(self, session_id: str, operations: Sequence[NewOperation]) -> asyncio.Future[Any]:
+        """Queue an append; the future resolves to its sequence numbers once committed."""
+        future = self._loop.create_future()
+        self._queue((future, None, session_id, operations))
+        return future
+
+    def _queue(self, request: _Request) -> None:
         if self._closed:
             raise JournalClosedError(f"the journal at {self._storage.location} is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((fn, future))
-        if not self._in_flight and not self._kick_scheduled:
-            self._kick_scheduled = True
-            loop.call_soon(self._kick)
-        return await future
+        with self._lock:
+            self._pending.append(request)
+            if self._running:
+                return  # the drain on the thread will take it
+            self._running = True
+        try:
+            self._thread.post(self._drain_queue)
+        except BaseException as exc:  # the connection is gone: nothing will run
+            with self._lock:
+                batch, self._pending = self._pending, []
+                self._running = False
+            self._committed(batch, [(False, exc)] * len(batch))
 
     async def aclose(self) -> None:
         """Wait until everything submitted is committed; refuse new requests."""
         self._closed = True
-        while self._in_flight or self._pending or self._kick_scheduled:
-            if self._idle is None:
-                self._idle = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._idle)
+        while True:
+            with self._lock:
+                if not self._running and not self._pending:
+                    return
+                if self._idle is None:
+                    self._idle = self._loop.create_future()
+                idle = self._idle
+            await asyncio.shield(idle)
 
-    def _kick(self) -> None:
-        self._kick_scheduled = False
-        if self._in_flight:
-            return
-        # A request whose caller was cancelled before it was sent is dropped.
-        batch = [request for request in self._pending if not request[1].done()]
-        self._pending = []
-        if not batch:
-            self._wake_closer()
-            return
-        self._in_flight = True
-        try:
-            commit = self._thread.start_call(self._apply, [fn for fn, _ in batch])
-        except BaseException as exc:  # the connection is gone
-            self._in_flight = False
-            self._fail(batch, exc)
-            self._wake_closer()
-            return
-        commit.add_done_callback(lambda done: self._committed(batch, done))
-
-    def _committed(self, batch: list[_Request], done: asyncio.Future[Any]) -> None:
-        self._in_flight = False
-        if done.exception() is not None:
-            self._fail(batch, done.exception())
-            outcomes: list[tuple[bool, Any]] = []
-        else:
-            outcomes = done.result()
-        half = len(outcomes) // 2
-        for index, ((_, future), (ok, value)) in enumerate(zip(batch, outcomes, strict=True)):
-            if index == half and self._pending is not None:
-                self._schedule_kick()
-            if future.done():
+    def _committed(self, batch: list[_Request], outcomes: list[_Outcome]) -> None:
+        """Wake the callers of a batch (on the loop, called from the thread)."""
+        translate = self._storage.translate
+        for request, (ok, value) in zip(batch, outcomes, strict=True):
+            future = request[0]
+            if future.done():  # the caller was cancelled
                 continue
             if ok:
                 future.set_result(value)
             else:
-                future.set_exception(self._storage.translate(value, "writing"))
-        self._schedule_kick()
+                future.set_exception(translate(value, "writing"))
 
-    def _schedule_kick(self) -> None:
-        if not self._kick_scheduled:
-            self._kick_scheduled = True
-            asyncio.get_running_loop().call_soon(self._kick)
-
-    def _fail(self, batch: list[_Request], exc: BaseException | None) -> None:
-        assert exc is not None  # noqa: S101
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(self._storage.translate(exc, "writing"))
-
-    def _wake_closer(self) -> None:
-        if self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
-            self._idle = None
+    @staticmethod
+    def _wake(idle: asyncio.Future[None]) -> None:
+        if not idle.done():
+            idle.set_result(None)
 
     # -- on the connection thread ---------------------------------------------------
 
-    def _apply(self, fns: list[_WriteFn]) -> list[tuple[bool, Any]]:
+    def _drain_queue(self) -> None:
+        """Commit queued requests, batch after batch, until the queue is empty.
+
+        Two rules keep the event loop and this thread out of each other's way; both come
+        from the GIL, which this thread gets back after each SQLite call only when the
+        loop lets go of it, in practice when the loop goes idle:
+
+        * The results of a batch are handed to the loop (one callback) only once the
+          next batch is built, just before its first statement, and as the last thing
+          before this thread blocks. Woken earlier, the loop would wait for the GIL
+          while this thread builds rows, and pay a second wake-up for it.
+        * A large batch takes at most half of the requests in flight (those it holds
+          plus those whose results are being handed over); the rest wait for the next
+          commit. The loop then always has about as many callers to serve as the disk
+          has rows to commit, and the two overlap. Without this, once every caller is
+          in one batch (or the split is lopsided), the loop and the disk take turns.
+        """
+        done: tuple[list[_Request], list[_Outcome]] | None = None  # not yet handed over
+        batch: list[_Request] = []
+        try:
+            while True:
+                with self._lock:
+                    batch = self._pending
+                    if not batch:
+                        self._running = False
+                        idle, self._idle = self._idle, None
+                    elif len(batch) >= _SPLIT_AT and len(batch) > (
+                        share := (len(batch) + (len(done[0]) if done else 0) + 1) // 2
+                    ):
+                        batch, self._pending = batch[:share], batch[share:]
+                    else:
+                        self._pending = []
+                if not batch:
+                    if done is not None:
+                        self._publish(*done)
+                    if idle is not None:
+                        self._loop.call_soon_threadsafe(self._wake, idle)  # aclose() waits
+                    return
+                # A request whose caller was cancelled before it was sent is dropped.
+                batch = [request for request in batch if not request[0].done()]
+
+                def publish_done() -> None:
+                    nonlocal done
+                    if done is not None:
+                        self._publish(*done)
+                        done = None
+
+                try:
+                    outcomes = self._apply(batch, publish_done)
+                except BaseException as exc:  # the whole transaction failed: tell every caller
+                    outcomes = [(False, exc)] * len(batch)
+                publish_done()  # if the transaction never reached the database
+                done, batch = (batch, outcomes), []
+        except BaseException as exc:  # a bug here: never leave a caller waiting forever
+            logger.error("the journal writer stopped unexpectedly", exc_info=exc)
+            with self._lock:
+                stranded = batch + self._pending
+                self._pending = []
+                self._running = False
+                idle, self._idle = self._idle, None
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                if done is not None:
+                    self._loop.call_soon_threadsafe(self._committed, *done)
+                self._loop.call_soon_threadsafe(
+                    self._committed, stranded, [(False, exc)] * len(stranded)
+                )
+                if idle is not None:
+                    self._loop.call_soon_threadsafe(self._wake, idle)
+
+    def _publish(self, batch: list[_Request], outcomes: list[_Outcome]) -> None:
+        if batch:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                self._loop.call_soon_threadsafe(self._committed, batch, outcomes)
+
+    def _apply(self, batch: list[_Request], before_io: Callable[[], None]) -> list[_Outcome]:
         conn = self._thread.raw
         assert conn is not None  # noqa: S101  (set by start())
         try:
-            return self._transaction(conn, fns, isolate=False)
+            return self._transaction(conn, batch, isolate=False, before_io=before_io)
         except _RequestFailedError as failed:
-            if len(fns) == 1:
+            if len(batch) == 1:
                 return [(False, failed.__cause__)]
-            return self._transaction(conn, fns, isolate=True)
+            return self._transaction(conn, batch, isolate=True, before_io=before_io)
 
     def _transaction(
-        self, conn: sqlite3.Connection, fns: list[_WriteFn], *, isolate: bool
-    ) -> list[tuple[bool, Any]]:
-        txn = _Txn(conn)
-        outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Request],
+        *,
+        isolate: bool,
+        before_io: Callable[[], None] | None = None,
+    ) -> list[_Outcome]:
+        txn = _Txn(conn, self, before_io)
+        outcomes: list[_Outcome] = []
         try:
             if not isolate:
                 try:
-                    outcomes = [(True, fn(txn)) for fn in fns]
-                    txn.flush()
+                    for _, fn, session_id, operations in batch:
+                        if fn is None:
+                            outcomes.append((True, txn.append(session_id, operations)))
+                        else:
+                            outcomes.append((True, fn(txn)))
+                    txn.flush()  # without a BEGIN so far, this is the whole transaction
+                except sqlite3.OperationalError:
+                    # The database refused the transaction itself (locked past the busy
+                    # timeout, I/O error, disk full): no request is to blame, and a retry
+                    # would only wait for the lock again.
+                    raise
                 except Exception as exc:
                     raise _RequestFailedError from exc
             else:
-                for fn in fns:
+                txn.begin()
+                for _, fn, session_id, operations in batch:
                     conn.execute("SAVEPOINT request")
                     saved = dict(txn.next_seq), dict(txn.keys)
                     try:
-                        outcomes.append((True, fn(txn)))
+                        if fn is None:
+                            outcomes.append((True, txn.append(session_id, operations)))
+                        else:
+                            outcomes.append((True, fn(txn)))
                         txn.flush()
                     except Exception as exc:
-                        txn.rows = []
+                        txn.discard()
                         conn.execute("ROLLBACK TO request")
                         txn.next_seq, txn.keys = saved
                         outcomes.append((False, exc))
                     conn.execute("RELEASE request")
-            conn.execute("COMMIT")
+            if txn.begun:
+                conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._keys.update(txn.keys)
-        self._next_seq.update(txn.next_seq)
+        self.keys.update(txn.keys)
+        self.next_seq.update(txn.next_seq)
         for session_id in txn.finished:
-            self._keys.pop(session_id, None)
-            self._next_seq.pop(session_id, None)
+            self.keys.pop(session_id, None)
+            self.next_seq.pop(session_id, None)
         return outcomes
 
     def session_key(self, txn: _Txn, session_id: str) -> int:
@@ -319,7 +541,7 @@ class _GroupCommitWriter:
 
         :raises SessionNotFoundError: there is no such session.
         """
-        key = txn.keys.get(session_id) or self._keys.get(session_id)
+        key = txn.keys.get(session_id) or self.keys.get(session_id)
         if key is None:
             row = txn.execute(
                 "SELECT seq FROM sessions WHERE session_id = ?", (session_id,)
@@ -331,7 +553,7 @@ class _GroupCommitWriter:
 
     def next_sequence(self, txn: _Txn, session_id: str, key: int) -> int:
         """The next sequence number of a session inside ``txn`` (gap-free)."""
-        seq = txn.next_seq.get(session_id) or self._next_seq.get(session_id)
+        seq = txn.next_seq.get(session_id) or self.next_seq.get(session_id)
         if seq is None:
             row = txn.execute(
                 "SELECT COALESCE(MAX(sequence), 0) + 1 FROM operations WHERE session_key = ?",
@@ -511,10 +733,11 @@ class SQLiteStorage:
 
     # -- helpers --------------------------------------------------------------------
 
-    async def _write(self, fn: _WriteFn) -> Any:
+    def _write(self, fn: _WriteFn) -> asyncio.Future[Any]:
+        """Queue ``fn`` for the next group commit; await the result to know it committed."""
         if self._writer is None or self._state != "open":
             raise JournalClosedError(self._not_open())
-        return await self._writer.submit(fn)
+        return self._writer.submit(fn)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         if self._reader is None or self._state != "open":
@@ -524,6 +747,28 @@ class SQLiteStorage:
         except Exception as exc:
             raise self.translate(exc, "reading") from exc
         return cast("list[tuple[Any, ...]]", rows)
+
+    async def _read_operations(
+        self, session_id: str, sql: str, params: Sequence[Any]
+    ) -> list[OperationRecord]:
+        """Run ``sql`` and build the operation records, both on the reader's thread.
+
+        Building the records is most of the cost of a read (JSON, datetimes); done on the
+        reader's thread it mostly happens while the loop waits for something else (an
+        undo waits for its progress commits), instead of on the loop.
+        """
+        thread = self._reader_thread
+        if thread is None or thread.raw is None or self._state != "open":
+            raise JournalClosedError(self._not_open())
+        raw = thread.raw
+
+        def fetch() -> list[OperationRecord]:
+            return [_operation(session_id, row) for row in raw.execute(sql, params)]
+
+        try:
+            return await thread.call(fetch)
+        except Exception as exc:
+            raise self.translate(exc, "reading") from exc
 
     def _not_open(self) -> str:
         if self._state == "closed":
@@ -625,28 +870,11 @@ class SQLiteStorage:
         self, session_id: str, operations: Sequence[NewOperation]
     ) -> list[int]:
         """Append operations with gap-free sequence numbers."""
-        writer = self._writer
-
-        def append(txn: _Txn) -> list[int]:
-            assert writer is not None  # noqa: S101
-            key = writer.session_key(txn, session_id)
-            first = writer.next_sequence(txn, session_id, key)
-            txn.rows += [
-                (
-                    key,
-                    first + i,
-                    op.op_id,
-                    op.op_type,
-                    op.payload_json,
-                    op.state.value,
-                    op.created_at,
-                )
-                for i, op in enumerate(operations)
-            ]
-            txn.next_seq[session_id] = first + len(operations)
-            return list(range(first, first + len(operations)))
-
-        return cast("list[int]", await self._write(append))
+        if self._writer is None or self._state != "open":
+            raise JournalClosedError(self._not_open())
+        if type(operations) is not tuple:
+            operations = tuple(operations)  # read on the connection thread: take a copy
+        return cast("list[int]", await self._writer.append(session_id, operations))
 
     async def update_operations(self, updates: Sequence[OperationUpdate], at: float) -> None:
         """Apply operation state changes in one transaction."""
@@ -752,12 +980,12 @@ class SQLiteStorage:
 
     async def get_operations(self, session_id: str) -> list[OperationRecord]:
         """All operations of a session, in order."""
-        rows = await self._read(
+        return await self._read_operations(
+            session_id,
             f"SELECT {_OPERATION_COLUMNS} FROM operations"  # noqa: S608
             f" WHERE session_key = {_SESSION_KEY} ORDER BY sequence",
             (session_id,),
         )
-        return [_operation(session_id, row) for row in rows]
 
     async def operations_page(
         self, session_id: str, *, before: int | None, limit: int, pending_only: bool
@@ -772,7 +1000,7 @@ class SQLiteStorage:
             sql += f" AND state NOT IN {_SETTLED}"
         sql += " ORDER BY sequence DESC LIMIT ?"
         params.append(limit)
-        return [_operation(session_id, row) for row in await self._read(sql, params)]
+        return await self._read_operations(session_id, sql, params)
 
     async def pending_summary(self, session_id: str) -> tuple[int, set[str]]:
         """Count and types of the operations that still need undo."""
