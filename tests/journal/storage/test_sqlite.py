@@ -350,6 +350,15 @@ def test_aiosqlite_private_call_we_rely_on_still_exists() -> None:
     assert isinstance(aiosqlite.Connection._conn, property)
 
 
+async def test_aiosqlite_worker_queue_we_post_to_still_exists(storage: SQLiteStorage) -> None:
+    """The writer posts its drain straight onto the connection's worker queue (pinned)."""
+    thread = storage._writer_thread
+    assert thread is not None
+    queue = thread.conn._tx
+    assert callable(queue.put_nowait)
+    assert thread._put == queue.put_nowait
+
+
 async def test_eager_call_queues_before_the_next_loop_iteration(storage: SQLiteStorage) -> None:
     """start_call puts the function on the thread at once and delivers its result."""
     thread = storage._writer_thread

@@ -14,6 +14,10 @@ Design, in short:
   the details (the GIL shapes most of them).
 * Every pragma is set on every connection; the schema is checked before anything is
   written, so a foreign file is never touched.
+
+The parts: this module (the connections and the SQLiteStorage facade),
+``_sqlite_writer`` (group commit, plain sqlite3), ``_sqlite_sql`` (the statements of
+each call, and rows as records), ``_sqlite_schema`` (schema, pragmas, checks at open).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Coroutine, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -38,22 +41,19 @@ from ..._errors import (
     JournalError,
     JournalOpenError,
     RetractError,
-    SessionNotFoundError,
     StorageError,
 )
-from .._encoding import decode
 from .._records import (
-    STATE_BY_VALUE,
-    TERMINAL_STATUSES,
     OperationRecord,
     OperationState,
     Owner,
     SessionRecord,
     SessionStatus,
-    from_timestamp,
 )
+from . import _sqlite_sql as sql
 from ._protocol import NewOperation, OperationUpdate
 from ._sqlite_schema import Synchronous, preallocate_wal, prepare_connection
+from ._sqlite_writer import GroupCommitWriter, WriteFn
 
 __all__ = ("SQLiteStorage",)
 
@@ -72,152 +72,6 @@ _MARK_UNDOING = (
     "UPDATE operations SET state = ?, updated_at = ?"  # noqa: S608  (only constants)
     f" WHERE session_key = ? AND sequence BETWEEN ? AND ? AND state NOT IN {_SETTLED}"
 )
-
-
-#: Rows per INSERT statement: 7 parameters each stays under SQLite's historical limit
-#: of 999 bound parameters (raised to 32766 only in 3.32).
-_ROWS_PER_INSERT = 128
-#: Batches smaller than this are never split (see ``_drain_queue``): serving 16 callers
-#: keeps the loop busy about as long as one commit takes, and below that an extra
-#: commit costs more than the overlap gains.
-_SPLIT_AT = 32
-_INSERT_OPERATIONS = (
-    "INSERT INTO operations (session_key, sequence, op_id, op_type, payload, state, created_at)"
-    " VALUES "
-)
-
-
-@functools.cache
-def _insert_sql(rows: int) -> str:
-    """An INSERT of ``rows`` operations in one statement (see :meth:`_Txn.flush`)."""
-    return _INSERT_OPERATIONS + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
-
-
-class _Txn:
-    """Scratch space of one group-commit transaction, shared by its requests.
-
-    Appended operations are buffered as one flat parameter list; any other statement
-    flushes them first, so the order of requests is kept. The transaction begins
-    (``BEGIN IMMEDIATE``) only when a statement other than the buffered appends runs:
-    a batch of nothing but appends to known sessions is committed as one multi-row
-    INSERT in autocommit mode, which SQLite makes a transaction of its own.
-    Its caches reach the writer's only when the transaction commits.
-
-    ``before_io`` runs once, just before the first statement: the writer hands the
-    previous batch's results to the event loop there (see ``_drain_queue``).
-    """
-
-    __slots__ = (
-        "before_io",
-        "begun",
-        "conn",
-        "finished",
-        "keys",
-        "next_seq",
-        "params",
-        "rows",
-        "writer",
-    )
-
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        writer: _GroupCommitWriter,
-        before_io: Callable[[], None] | None = None,
-    ) -> None:
-        self.conn = conn
-        self.writer = writer
-        self.before_io = before_io
-        self.begun = False
-        self.keys: dict[str, int] = {}  # session_id -> sessions.seq
-        self.next_seq: dict[str, int] = {}  # session_id -> next sequence number
-        self.finished: set[str] = set()  # sessions that ended: drop them from the caches
-        self.params: list[Any] = []  # operations to insert, 7 values a row
-        self.rows = 0
-
-    def _io(self) -> None:
-        hook, self.before_io = self.before_io, None
-        if hook is not None:
-            hook()
-
-    def begin(self) -> None:
-        if not self.begun:
-            self._io()
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.begun = True
-
-    def append(self, session_id: str, operations: Sequence[NewOperation]) -> list[int]:
-        """Buffer ``operations`` with the session's next sequence numbers.
-
-        This runs on the writer thread holding the GIL while the event loop may be
-        waiting for it, so the common case (known session, one operation) is kept short.
-        """
-        writer = self.writer
-        key = (
-            self.keys.get(session_id)
-            or writer.keys.get(session_id)
-            or writer.session_key(self, session_id)
-        )
-        first = (
-            self.next_seq.get(session_id)
-            or writer.next_seq.get(session_id)
-            or writer.next_sequence(self, session_id, key)
-        )
-        if len(operations) == 1:
-            op_id, op_type, payload_json, state, created_at = operations[0]
-            self.params += (key, first, op_id, op_type, payload_json, state.value, created_at)
-            self.rows += 1
-            self.next_seq[session_id] = first + 1
-            return [first]
-        params = self.params
-        seq = first
-        for op_id, op_type, payload_json, state, created_at in operations:
-            params += (key, seq, op_id, op_type, payload_json, state.value, created_at)
-            seq += 1
-        self.rows += seq - first
-        self.next_seq[session_id] = seq
-        return list(range(first, seq))
-
-    def discard(self) -> None:
-        """Forget the buffered rows (their savepoint was rolled back)."""
-        self.params = []
-        self.rows = 0
-
-    def flush(self) -> None:
-        """Insert the buffered rows, in as few statements as possible.
-
-        One multi-row statement instead of ``executemany`` matters on the writer thread:
-        sqlite3 releases the GIL around every step, and each time it wants it back it
-        queues behind the event loop, which lets go of the GIL only when it goes idle.
-        """
-        rows, params = self.rows, self.params
-        if not rows:
-            return
-        self.discard()
-        if not self.begun and rows > _ROWS_PER_INSERT:
-            self.begin()  # several statements: they need a transaction around them
-        self._io()
-        for start in range(0, rows, _ROWS_PER_INSERT):
-            count = min(_ROWS_PER_INSERT, rows - start)
-            chunk = params if count == rows else params[start * 7 : (start + count) * 7]
-            self.conn.execute(_insert_sql(count), chunk)
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        self.begin()
-        self.flush()
-        return self.conn.execute(sql, params)
-
-    def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        self.begin()
-        self.flush()
-        self.conn.executemany(sql, params)
-
-
-_WriteFn = Callable[[_Txn], Any]
-
-
-class _RequestFailedError(Exception):
-    """A request of an optimistic batch raised: retry the batch with isolation."""
 
 
 class _ConnectionThread:
@@ -303,266 +157,6 @@ def _log_lost_call(call: asyncio.Future[Any]) -> None:  # pragma: no cover - see
         logger.error("a call on the journal's connection failed", exc_info=call.exception())
 
 
-#: A queued write: the caller's future, then either a function run inside the
-#: transaction, or None with the session id and operations of an append.
-_Request = tuple["asyncio.Future[Any]", _WriteFn | None, str, Sequence[NewOperation]]
-_Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
-
-
-class _GroupCommitWriter:
-    """Queues write requests; the connection thread commits what is queued, batch by batch.
-
-    Group commit is driven from the connection thread: a *drain* runs there while
-    there is work, and each time a transaction commits it takes everything queued
-    meanwhile as the next one, without waiting for the event loop. The loop only
-    appends requests (starting a drain when none runs) and, when told a batch committed,
-    wakes its callers, each of whom resumes only after the commit that holds its rows.
-    So one hop and one fsync serve a whole batch, the next batch commits while the loop
-    serves the previous one, and a batch's callers are woken by one callback.
-
-    ``_pending``, ``_running`` and ``_idle`` are shared with the thread, under ``_lock``.
-    The per-session caches are touched only on the connection thread.
-    """
-
-    def __init__(self, storage: SQLiteStorage, thread: _ConnectionThread) -> None:
-        self._storage = storage
-        self._thread = thread
-        self._loop = asyncio.get_running_loop()
-        self._lock = threading.Lock()
-        self._pending: list[_Request] = []
-        self._running = False  # a drain is queued or running on the thread
-        self._idle: asyncio.Future[None] | None = None  # set by aclose, woken by the drain
-        self._closed = False
-        # per-session caches of committed state, touched only on the connection thread
-        self.keys: dict[str, int] = {}  # session_id -> sessions.seq
-        self.next_seq: dict[str, int] = {}  # session_id -> next sequence number
-
-    def submit(self, fn: _WriteFn) -> asyncio.Future[Any]:
-        """Queue ``fn`` to run in a transaction; the future resolves once it committed."""
-        future = self._loop.create_future()
-        self._queue((future, fn, "", ()))
-        return future
-
-    def append(self, session_id: str, operations: Sequence[NewOperation]) -> asyncio.Future[Any]:
-        """Queue an append; the future resolves to its sequence numbers once committed."""
-        future = self._loop.create_future()
-        self._queue((future, None, session_id, operations))
-        return future
-
-    def _queue(self, request: _Request) -> None:
-        if self._closed:
-            raise JournalClosedError(f"the journal at {self._storage.location} is closed")
-        with self._lock:
-            self._pending.append(request)
-            if self._running:
-                return  # the drain on the thread will take it
-            self._running = True
-        try:
-            self._thread.post(self._drain_queue)
-        except BaseException as exc:  # the connection is gone: nothing will run
-            with self._lock:
-                batch, self._pending = self._pending, []
-                self._running = False
-            self._committed(batch, [(False, exc)] * len(batch))
-
-    async def aclose(self) -> None:
-        """Wait until everything submitted is committed; refuse new requests."""
-        self._closed = True
-        while True:
-            with self._lock:
-                if not self._running and not self._pending:
-                    return
-                if self._idle is None:
-                    self._idle = self._loop.create_future()
-                idle = self._idle
-            await asyncio.shield(idle)
-
-    def _committed(self, batch: list[_Request], outcomes: list[_Outcome]) -> None:
-        """Wake the callers of a batch (on the loop, called from the thread)."""
-        translate = self._storage.translate
-        for request, (ok, value) in zip(batch, outcomes, strict=True):
-            future = request[0]
-            if future.done():  # the caller was cancelled
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(translate(value, "writing"))
-
-    @staticmethod
-    def _wake(idle: asyncio.Future[None]) -> None:
-        if not idle.done():
-            idle.set_result(None)
-
-    # -- on the connection thread ---------------------------------------------------
-
-    def _drain_queue(self) -> None:
-        """Commit queued requests, batch after batch, until the queue is empty.
-
-        Two rules keep the event loop and this thread out of each other's way; both come
-        from the GIL, which this thread gets back after each SQLite call only when the
-        loop lets go of it, in practice when the loop goes idle:
-
-        * The results of a batch are handed to the loop (one callback) only once the
-          next batch is built, just before its first statement, and as the last thing
-          before this thread blocks. Woken earlier, the loop would wait for the GIL
-          while this thread builds rows, and pay a second wake-up for it.
-        * A large batch takes at most half of the requests in flight (those it holds
-          plus those whose results are being handed over); the rest wait for the next
-          commit. The loop then always has about as many callers to serve as the disk
-          has rows to commit, and the two overlap. Without this, once every caller is
-          in one batch (or the split is lopsided), the loop and the disk take turns.
-        """
-        done: tuple[list[_Request], list[_Outcome]] | None = None  # not yet handed over
-        batch: list[_Request] = []
-        try:
-            while True:
-                with self._lock:
-                    batch = self._pending
-                    if not batch:
-                        self._running = False
-                        idle, self._idle = self._idle, None
-                    elif len(batch) >= _SPLIT_AT and len(batch) > (
-                        share := (len(batch) + (len(done[0]) if done else 0) + 1) // 2
-                    ):
-                        batch, self._pending = batch[:share], batch[share:]
-                    else:
-                        self._pending = []
-                if not batch:
-                    if done is not None:
-                        self._publish(*done)
-                    if idle is not None:
-                        self._loop.call_soon_threadsafe(self._wake, idle)  # aclose() waits
-                    return
-                # A request whose caller was cancelled before it was sent is dropped.
-                batch = [request for request in batch if not request[0].done()]
-
-                def publish_done() -> None:
-                    nonlocal done
-                    if done is not None:
-                        self._publish(*done)
-                        done = None
-
-                try:
-                    outcomes = self._apply(batch, publish_done)
-                except BaseException as exc:  # the whole transaction failed: tell every caller
-                    outcomes = [(False, exc)] * len(batch)
-                publish_done()  # if the transaction never reached the database
-                done, batch = (batch, outcomes), []
-        except BaseException as exc:  # a bug here: never leave a caller waiting forever
-            logger.error("the journal writer stopped unexpectedly", exc_info=exc)
-            with self._lock:
-                stranded = batch + self._pending
-                self._pending = []
-                self._running = False
-                idle, self._idle = self._idle, None
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                if done is not None:
-                    self._loop.call_soon_threadsafe(self._committed, *done)
-                self._loop.call_soon_threadsafe(
-                    self._committed, stranded, [(False, exc)] * len(stranded)
-                )
-                if idle is not None:
-                    self._loop.call_soon_threadsafe(self._wake, idle)
-
-    def _publish(self, batch: list[_Request], outcomes: list[_Outcome]) -> None:
-        if batch:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                self._loop.call_soon_threadsafe(self._committed, batch, outcomes)
-
-    def _apply(self, batch: list[_Request], before_io: Callable[[], None]) -> list[_Outcome]:
-        conn = self._thread.raw
-        assert conn is not None  # noqa: S101  (set by start())
-        try:
-            return self._transaction(conn, batch, isolate=False, before_io=before_io)
-        except _RequestFailedError as failed:
-            if len(batch) == 1:
-                return [(False, failed.__cause__)]
-            return self._transaction(conn, batch, isolate=True, before_io=before_io)
-
-    def _transaction(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[_Request],
-        *,
-        isolate: bool,
-        before_io: Callable[[], None] | None = None,
-    ) -> list[_Outcome]:
-        txn = _Txn(conn, self, before_io)
-        outcomes: list[_Outcome] = []
-        try:
-            if not isolate:
-                try:
-                    for _, fn, session_id, operations in batch:
-                        if fn is None:
-                            outcomes.append((True, txn.append(session_id, operations)))
-                        else:
-                            outcomes.append((True, fn(txn)))
-                    txn.flush()  # without a BEGIN so far, this is the whole transaction
-                except sqlite3.OperationalError:
-                    # The database refused the transaction itself (locked past the busy
-                    # timeout, I/O error, disk full): no request is to blame, and a retry
-                    # would only wait for the lock again.
-                    raise
-                except Exception as exc:
-                    raise _RequestFailedError from exc
-            else:
-                txn.begin()
-                for _, fn, session_id, operations in batch:
-                    conn.execute("SAVEPOINT request")
-                    saved = dict(txn.next_seq), dict(txn.keys)
-                    try:
-                        if fn is None:
-                            outcomes.append((True, txn.append(session_id, operations)))
-                        else:
-                            outcomes.append((True, fn(txn)))
-                        txn.flush()
-                    except Exception as exc:
-                        txn.discard()
-                        conn.execute("ROLLBACK TO request")
-                        txn.next_seq, txn.keys = saved
-                        outcomes.append((False, exc))
-                    conn.execute("RELEASE request")
-            if txn.begun:
-                conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self.keys.update(txn.keys)
-        self.next_seq.update(txn.next_seq)
-        for session_id in txn.finished:
-            self.keys.pop(session_id, None)
-            self.next_seq.pop(session_id, None)
-        return outcomes
-
-    def session_key(self, txn: _Txn, session_id: str) -> int:
-        """The integer key of a session inside ``txn``.
-
-        :raises SessionNotFoundError: there is no such session.
-        """
-        key = txn.keys.get(session_id) or self.keys.get(session_id)
-        if key is None:
-            row = txn.execute(
-                "SELECT seq FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            if row is None:
-                raise SessionNotFoundError(session_id)
-            key = txn.keys[session_id] = int(row[0])
-        return key
-
-    def next_sequence(self, txn: _Txn, session_id: str, key: int) -> int:
-        """The next sequence number of a session inside ``txn`` (gap-free)."""
-        seq = txn.next_seq.get(session_id) or self.next_seq.get(session_id)
-        if seq is None:
-            row = txn.execute(
-                "SELECT COALESCE(MAX(sequence), 0) + 1 FROM operations WHERE session_key = ?",
-                (key,),
-            ).fetchone()
-            seq = int(row[0])
-        return seq
-
-
 class SQLiteStorage:
     """The embedded journal storage: one SQLite file in WAL mode.
 
@@ -602,7 +196,7 @@ class SQLiteStorage:
         self._writer_thread: _ConnectionThread | None = None
         self._reader_thread: _ConnectionThread | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._writer: _GroupCommitWriter | None = None
+        self._writer: GroupCommitWriter | None = None
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -642,7 +236,7 @@ class SQLiteStorage:
                 raise self.translate(exc, "opening the journal") from exc
             raise
         self._reader = reader.conn  # reads use aiosqlite's public calls
-        self._writer = _GroupCommitWriter(self, writer)
+        self._writer = GroupCommitWriter(writer, location=self.location, translate=self.translate)
         self._state = "open"
 
     async def aclose(self) -> None:
@@ -733,23 +327,23 @@ class SQLiteStorage:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _write(self, fn: _WriteFn) -> asyncio.Future[Any]:
+    def _write(self, fn: WriteFn) -> asyncio.Future[Any]:
         """Queue ``fn`` for the next group commit; await the result to know it committed."""
         if self._writer is None or self._state != "open":
             raise JournalClosedError(self._not_open())
         return self._writer.submit(fn)
 
-    async def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         if self._reader is None or self._state != "open":
             raise JournalClosedError(self._not_open())
         try:
-            rows = await self._reader.execute_fetchall(sql, params)
+            rows = await self._reader.execute_fetchall(query, params)
         except Exception as exc:
             raise self.translate(exc, "reading") from exc
         return cast("list[tuple[Any, ...]]", rows)
 
     async def _read_operations(
-        self, session_id: str, sql: str, params: Sequence[Any]
+        self, session_id: str, query: str, params: Sequence[Any]
     ) -> list[OperationRecord]:
         """Run ``sql`` and build the operation records, both on the reader's thread.
 
@@ -763,7 +357,7 @@ class SQLiteStorage:
         raw = thread.raw
 
         def fetch() -> list[OperationRecord]:
-            return [_operation(session_id, row) for row in raw.execute(sql, params)]
+            return [sql.operation_record(session_id, row) for row in raw.execute(query, params)]
 
         try:
             return await thread.call(fetch)
@@ -784,27 +378,7 @@ class SQLiteStorage:
         self, session_id: str, context_json: str, owner: Owner, created_at: float
     ) -> None:
         """Insert a RUNNING session."""
-
-        def insert(txn: _Txn) -> None:
-            cursor = txn.execute(
-                "INSERT INTO sessions (session_id, created_at, status, context, owner_token,"
-                " owner_pid, owner_host, owner_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session_id,
-                    created_at,
-                    SessionStatus.RUNNING.value,
-                    context_json,
-                    owner.token,
-                    owner.pid,
-                    owner.host,
-                    owner.started_at,
-                ),
-            )
-            assert cursor.lastrowid is not None  # noqa: S101
-            txn.keys[session_id] = cursor.lastrowid
-            txn.next_seq[session_id] = 1
-
-        await self._write(insert)
+        await self._write(sql.insert_session(session_id, context_json, owner, created_at))
 
     async def update_session(
         self,
@@ -820,50 +394,17 @@ class SQLiteStorage:
         settle_intents: bool = False,
     ) -> bool:
         """Compare-and-set a session's status (see :class:`~retract.journal.Storage`)."""
-        sets = ["status = ?"]
-        params: list[Any] = [status.value]
-        if status in TERMINAL_STATUSES:
-            sets.append("completed_at = ?")
-            params.append(at)
-        if error is not None:
-            sets.append("error = ?")
-            params.append(error)
-        if owner is not None:
-            sets.append("owner_token = ?, owner_pid = ?, owner_host = ?, owner_started = ?")
-            params += [owner.token, owner.pid, owner.host, owner.started_at]
-        if count_undo:
-            sets.append("undo_count = undo_count + 1")
-        where = ["session_id = ?"]
-        params.append(session_id)
-        if expect_statuses is not None:
-            where.append(f"status IN ({', '.join('?' * len(expect_statuses))})")
-            params += [s.value for s in expect_statuses]
-        if expect_owner is not None:
-            where.append("owner_token = ?")
-            params.append(expect_owner)
-        sql = f"UPDATE sessions SET {', '.join(sets)} WHERE {' AND '.join(where)}"  # noqa: S608
-
-        writer = self._writer
-
-        def update(txn: _Txn) -> bool:
-            assert writer is not None  # noqa: S101
-            if txn.execute(sql, params).rowcount == 0:
-                return False
-            if settle_intents:
-                txn.execute(
-                    "UPDATE operations SET state = ?, updated_at = ?"
-                    " WHERE session_key = ? AND state = ?",
-                    (
-                        OperationState.IN_DOUBT.value,
-                        at,
-                        writer.session_key(txn, session_id),
-                        OperationState.INTENT.value,
-                    ),
-                )
-            if status in TERMINAL_STATUSES:
-                txn.finished.add(session_id)
-            return True
-
+        update = sql.update_session(
+            session_id,
+            status=status,
+            at=at,
+            error=error,
+            owner=owner,
+            expect_statuses=expect_statuses,
+            expect_owner=expect_owner,
+            count_undo=count_undo,
+            settle_intents=settle_intents,
+        )
         return bool(await self._write(update))
 
     async def append_operations(
@@ -878,42 +419,7 @@ class SQLiteStorage:
 
     async def update_operations(self, updates: Sequence[OperationUpdate], at: float) -> None:
         """Apply operation state changes in one transaction."""
-        await self._write(self._operation_updates(updates, at))
-
-    def _operation_updates(
-        self, updates: Sequence[OperationUpdate], at: float
-    ) -> Callable[[_Txn], None]:
-        writer = self._writer
-
-        def update(txn: _Txn) -> None:
-            assert writer is not None  # noqa: S101
-            plain: list[tuple[Any, ...]] = []
-            with_payload: list[tuple[Any, ...]] = []
-            for u in updates:
-                try:
-                    key = writer.session_key(txn, u.session_id)
-                except SessionNotFoundError:
-                    continue  # like an UPDATE matching no row
-                if u.payload_json is None:
-                    plain.append((u.state.value, u.error, at, key, u.sequence))
-                else:
-                    with_payload.append(
-                        (u.state.value, u.error, at, u.payload_json, key, u.sequence)
-                    )
-            if plain:
-                txn.executemany(
-                    "UPDATE operations SET state = ?, error = ?, updated_at = ?"
-                    " WHERE session_key = ? AND sequence = ?",
-                    plain,
-                )
-            if with_payload:
-                txn.executemany(
-                    "UPDATE operations SET state = ?, error = ?, updated_at = ?, payload = ?"
-                    " WHERE session_key = ? AND sequence = ?",
-                    with_payload,
-                )
-
-        return update
+        await self._write(sql.operation_updates(updates, at))
 
     async def record_undo_progress(
         self,
@@ -925,33 +431,16 @@ class SQLiteStorage:
         at: float,
     ) -> None:
         """One step of an undo's progress (see the Storage protocol)."""
-        writer = self._writer
-        apply_outcomes = self._operation_updates(outcomes, at)
-
-        def progress(txn: _Txn) -> None:
-            assert writer is not None  # noqa: S101
-            apply_outcomes(txn)
-            key = writer.session_key(txn, session_id)
-            if undone is not None:
-                txn.execute(
-                    "UPDATE operations SET state = ?, error = NULL, updated_at = ?"
-                    " WHERE session_key = ? AND sequence BETWEEN ? AND ? AND state = ?",
-                    (OperationState.UNDONE.value, at, key, *undone, OperationState.UNDOING.value),
-                )
-            if begin is not None:
-                txn.execute(_MARK_UNDOING, (OperationState.UNDOING.value, at, key, *begin))
-
-        await self._write(progress)
+        await self._write(
+            sql.undo_progress(session_id, outcomes=outcomes, undone=undone, begin=begin, at=at)
+        )
 
     # -- reads ----------------------------------------------------------------------
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """One session, or None."""
-        rows = await self._read(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608
-            (session_id,),
-        )
-        return _session(rows[0]) if rows else None
+        rows = await self._read(*sql.select_session(session_id))
+        return sql.session_record(rows[0]) if rows else None
 
     async def list_sessions(
         self,
@@ -961,81 +450,21 @@ class SQLiteStorage:
         id_prefix: str | None = None,
     ) -> list[SessionRecord]:
         """Sessions, newest first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if statuses is not None:
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params += [s.value for s in statuses]
-        if id_prefix is not None:
-            where.append("substr(session_id, 1, ?) = ?")
-            params += [len(id_prefix), id_prefix]
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions"  # noqa: S608
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [_session(row) for row in await self._read(sql, params)]
+        rows = await self._read(*sql.list_sessions(limit, statuses, id_prefix))
+        return [sql.session_record(row) for row in rows]
 
     async def get_operations(self, session_id: str) -> list[OperationRecord]:
         """All operations of a session, in order."""
-        return await self._read_operations(
-            session_id,
-            f"SELECT {_OPERATION_COLUMNS} FROM operations"  # noqa: S608
-            f" WHERE session_key = {_SESSION_KEY} ORDER BY sequence",
-            (session_id,),
-        )
+        return await self._read_operations(session_id, *sql.operations(session_id))
 
     async def operations_page(
         self, session_id: str, *, before: int | None, limit: int, pending_only: bool
     ) -> list[OperationRecord]:
         """A page of operations, newest first."""
-        sql = f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE session_key = {_SESSION_KEY}"  # noqa: S608
-        params: list[Any] = [session_id]
-        if before is not None:
-            sql += " AND sequence < ?"
-            params.append(before)
-        if pending_only:
-            sql += f" AND state NOT IN {_SETTLED}"
-        sql += " ORDER BY sequence DESC LIMIT ?"
-        params.append(limit)
-        return await self._read_operations(session_id, sql, params)
+        query = sql.operations_page(session_id, before, limit, pending_only)
+        return await self._read_operations(session_id, *query)
 
     async def pending_summary(self, session_id: str) -> tuple[int, set[str]]:
         """Count and types of the operations that still need undo."""
-        rows = await self._read(
-            "SELECT op_type, COUNT(*) FROM operations"  # noqa: S608
-            f" WHERE session_key = {_SESSION_KEY} AND state NOT IN {_SETTLED} GROUP BY op_type",
-            (session_id,),
-        )
+        rows = await self._read(*sql.pending_summary(session_id))
         return sum(int(count) for _, count in rows), {str(op_type) for op_type, _ in rows}
-
-
-def _session(row: tuple[Any, ...]) -> SessionRecord:
-    (sid, created, status, context, completed, error, undo_count, token, pid, host, started) = row
-    return SessionRecord(
-        session_id=sid,
-        created_at=from_timestamp(created),  # type: ignore[arg-type]
-        status=SessionStatus(status),
-        context=decode(context),
-        completed_at=from_timestamp(completed),
-        error=error,
-        undo_count=undo_count,
-        owner=None if token is None else Owner(token, pid, host, started),
-    )
-
-
-def _operation(session_id: str, row: tuple[Any, ...]) -> OperationRecord:
-    op_id, sequence, op_type, payload, created, state, error, updated = row
-    return OperationRecord(
-        op_id,
-        session_id,
-        sequence,
-        op_type,
-        decode(payload),
-        datetime.fromtimestamp(created, UTC),
-        STATE_BY_VALUE[state],
-        error,
-        None if updated is None else datetime.fromtimestamp(updated, UTC),
-    )
