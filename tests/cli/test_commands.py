@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from retract import OperationState, Owner, SessionStatus, open_journal
+from retract.journal._owner import current_owner
 
 from .conftest import Cli, add_session, states
 
@@ -184,7 +185,9 @@ def test_recover_json(cli: Cli, db: Path) -> None:
 async def _orphan(db: Path) -> str:
     """A RUNNING session owned by a process that is gone."""
     async with open_journal(db) as journal:
-        owner = Owner("dead-owner", DEAD_PID, socket.gethostname(), time.time() - 60)
+        owner = Owner(
+            "dead-owner", DEAD_PID, socket.gethostname(), time.time() - 60, current_owner().machine
+        )
         session_id = "0f0f0f0f-0000-4000-8000-000000000001"
         await journal.storage.create_session(session_id, json.dumps({}), owner, time.time())
         return session_id

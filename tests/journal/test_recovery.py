@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def zombie() -> Iterator[int]:
 
 def dead_owner() -> Owner:
     me = current_owner()
-    return Owner("dead-token", dead_pid(), me.host, me.started_at)
+    return replace(me, token="dead-token", pid=dead_pid())
 
 
 async def orphan_session(
@@ -93,11 +94,13 @@ def test_liveness_of_owners() -> None:
     """We are alive; a reaped pid is dead; a reused pid is dead; another host is unknown."""
     me = current_owner()
     assert owner_alive(me) is True
-    assert owner_alive(Owner("x", dead_pid(), me.host, me.started_at)) is False
+    assert owner_alive(replace(me, token="x", pid=dead_pid())) is False
     if process_start_time(os.getpid()) is not None:
-        reused = Owner("x", os.getpid(), me.host, me.started_at - 3600)
+        reused = replace(me, token="x", started_at=me.started_at - 3600)
         assert owner_alive(reused) is False
     assert owner_alive(Owner("x", 1, "some-other-host", 0.0)) is None
+    # same host name, other pid space (another container): a pid there means nothing here
+    assert owner_alive(replace(me, token="x", pid=dead_pid(), machine="other/pid:[1]")) is None
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
@@ -106,7 +109,7 @@ def test_zombie_owner_is_dead(zombie: int) -> None:
     me = current_owner()
     started = process_start_time(zombie)
     assert started is not None
-    assert owner_alive(Owner("z", zombie, me.host, started)) is False
+    assert owner_alive(replace(me, token="z", pid=zombie, started_at=started)) is False
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -147,7 +150,7 @@ async def test_recover_interrupts_sessions_of_dead_owners(journal: Journal) -> N
 async def test_recover_leaves_live_and_remote_owners_alone(journal: Journal) -> None:
     """Sessions of live processes (this one included) and of other hosts are not touched."""
     me = current_owner()
-    live_other = Owner("other-live", os.getpid(), me.host, me.started_at)
+    live_other = replace(me, token="other-live")
     remote = Owner("remote", 12345, "elsewhere.example", 0.0)
     theirs = await orphan_session(journal, live_other, O.INTENT)
     far = await orphan_session(journal, remote, O.INTENT)
@@ -241,7 +244,7 @@ async def test_undo_refuses_a_session_running_on_another_host(journal: Journal) 
 async def test_undo_refuses_a_session_another_live_process_is_undoing(journal: Journal) -> None:
     """An UNDOING session owned by a live process raises UndoInProgressError."""
     me = current_owner()
-    live_other = Owner("other-live", os.getpid(), me.host, me.started_at)
+    live_other = replace(me, token="other-live")
     session_id = await orphan_session(journal, live_other, O.DONE, status=S.UNDOING)
     registry = OperationRegistry()
     registry.handler("t.op")(lambda op: None)

@@ -7,6 +7,7 @@ import os
 import time
 import warnings
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -19,7 +20,6 @@ from retract import (
     OperationRecord,
     OperationRegistry,
     OperationState,
-    Owner,
     SessionStateError,
     SessionStatus,
     StorageError,
@@ -51,7 +51,7 @@ async def test_resumed_undo_that_stops_leaves_unreached_operations_in_doubt(
 ) -> None:
     """UNDOING operations a resumed undo stops short of stay UNDOING, not UNDONE."""
     me = current_owner()
-    dead = Owner("dead", dead_pid(), me.host, me.started_at)
+    dead = replace(me, token="dead", pid=dead_pid())
     session_id = new_id()
     storage = journal.storage
     await storage.create_session(session_id, "{}", dead, time.time())

@@ -1,9 +1,10 @@
 """Who owns a session, and whether that owner is still alive.
 
 A session records the process that runs it. :meth:`Journal.recover` uses this to find
-sessions whose process died: same host, and either the pid is gone, the pid is a zombie,
-or the pid now belongs to a process that started later (pid reuse). An owner on another
-host cannot be checked from here and is left alone.
+sessions whose process died: same host and pid space, and either the pid is gone, the
+pid is a zombie, or the pid now belongs to a process that started later (pid reuse). An
+owner on another host, or in another container of this host, cannot be checked from
+here and is left alone.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def process_start_time(pid: int) -> float | None:
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine() -> str | None:
+    """The kernel boot id and the pid namespace: where a pid means this process."""
+    try:
+        boot = (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink(_PROC / "self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}/{namespace}"
+
+
 class _Identity:
     """This process's identity, made again in a forked child."""
 
@@ -70,6 +81,7 @@ class _Identity:
             pid=pid,
             host=socket.gethostname(),
             started_at=time.time() if started is None else started,
+            machine=_machine(),
         )
 
 
@@ -85,13 +97,14 @@ def current_owner() -> Owner:
 def owner_alive(owner: Owner) -> bool | None:
     """Whether the owner process is still running.
 
-    :return: True or False on this host; None when the owner is on another host, where
-        liveness cannot be checked.
+    :return: True or False on this host; None when the owner is on another host, or in
+        another pid namespace of this host (a container), where liveness cannot be
+        checked.
     """
     me = current_owner()
     if owner.token == me.token:
         return True
-    if owner.host != me.host:
+    if owner.host != me.host or owner.machine != me.machine:
         return None
     try:
         os.kill(owner.pid, 0)

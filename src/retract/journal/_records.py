@@ -78,12 +78,16 @@ class Owner:
     :ivar pid: the process id on :attr:`host`.
     :ivar host: the host name.
     :ivar started_at: the process start time (POSIX seconds), to tell a reused pid apart.
+    :ivar machine: which pid space the pid belongs to (the kernel's boot id and the pid
+        namespace), or None where that cannot be read. Two containers can share a host
+        name but not a pid space: a pid is only checked where this matches.
     """
 
     token: str
     pid: int
     host: str
     started_at: float
+    machine: str | None = None
 
 
 @dataclass(slots=True)

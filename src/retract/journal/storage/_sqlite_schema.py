@@ -46,7 +46,8 @@ CREATE TABLE sessions (
     owner_token   TEXT,
     owner_pid     INTEGER,
     owner_host    TEXT,
-    owner_started REAL
+    owner_started REAL,
+    owner_machine TEXT
 );
 CREATE INDEX sessions_by_status ON sessions(status);
 -- Rows are stored in insertion order, so a group commit of many sessions' operations

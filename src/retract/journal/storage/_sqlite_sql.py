@@ -46,7 +46,7 @@ Query = tuple[str, Sequence[Any]]
 
 _SESSION_COLUMNS = (
     "session_id, created_at, status, context, completed_at, error, undo_count, "
-    "owner_token, owner_pid, owner_host, owner_started"
+    "owner_token, owner_pid, owner_host, owner_started, owner_machine"
 )
 _OPERATION_COLUMNS = "op_id, sequence, op_type, payload, created_at, state, error, updated_at"
 _SESSION_KEY = "(SELECT seq FROM sessions WHERE session_id = ?)"
@@ -73,7 +73,8 @@ def insert_session(session_id: str, context_json: str, owner: Owner, created_at:
     def insert(txn: Txn) -> None:
         cursor = txn.execute(
             "INSERT INTO sessions (session_id, created_at, status, context, owner_token,"
-            " owner_pid, owner_host, owner_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " owner_pid, owner_host, owner_started, owner_machine)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 session_id,
                 created_at,
@@ -83,6 +84,7 @@ def insert_session(session_id: str, context_json: str, owner: Owner, created_at:
                 owner.pid,
                 owner.host,
                 owner.started_at,
+                owner.machine,
             ),
         )
         assert cursor.lastrowid is not None  # noqa: S101
@@ -114,8 +116,10 @@ def update_session(
         sets.append("error = ?")
         params.append(error)
     if owner is not None:
-        sets.append("owner_token = ?, owner_pid = ?, owner_host = ?, owner_started = ?")
-        params += [owner.token, owner.pid, owner.host, owner.started_at]
+        sets.append(
+            "owner_token = ?, owner_pid = ?, owner_host = ?, owner_started = ?, owner_machine = ?"
+        )
+        params += [owner.token, owner.pid, owner.host, owner.started_at, owner.machine]
     if count_undo:
         sets.append("undo_count = undo_count + 1")
     where = ["session_id = ?"]
@@ -266,7 +270,8 @@ def pending_summary(session_id: str) -> Query:
 
 def session_record(row: Sequence[Any]) -> SessionRecord:
     """A sessions row (in ``_SESSION_COLUMNS`` order) as a record."""
-    (sid, created, status, context, completed, error, undo_count, token, pid, host, started) = row
+    (sid, created, status, context, completed, error, undo_count, *owner) = row
+    token, pid, host, started, machine = owner
     return SessionRecord(
         session_id=sid,
         created_at=datetime.fromtimestamp(created, UTC),
@@ -275,7 +280,7 @@ def session_record(row: Sequence[Any]) -> SessionRecord:
         completed_at=from_timestamp(completed),
         error=error,
         undo_count=undo_count,
-        owner=None if token is None else Owner(token, pid, host, started),
+        owner=None if token is None else Owner(token, pid, host, started, machine),
     )
 
 
