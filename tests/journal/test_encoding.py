@@ -62,6 +62,26 @@ def test_bad_values_are_type_errors_naming_the_path(payload: dict[Any, Any], pat
     assert path in str(caught.value)
 
 
+def test_value_containing_itself_is_refused_naming_where() -> None:
+    """A reference cycle is a NotSerializableError at the repeated container."""
+    payload: dict[str, Any] = {"items": [1]}
+    payload["items"].append(payload)
+    with pytest.raises(NotSerializableError, match="contains itself") as caught:
+        encode(payload, "payload")
+    assert caught.value.path == "payload['items'][1]"
+
+
+def test_absurdly_deep_nesting_is_refused() -> None:
+    """A value nested thousands of levels deep is refused, not a RecursionError."""
+    payload: dict[str, Any] = {}
+    level = payload
+    for _ in range(5000):
+        level["k"] = {}
+        level = level["k"]
+    with pytest.raises(NotSerializableError, match="nested more than"):
+        encode(payload, "payload")
+
+
 def test_non_mapping_payload_is_refused() -> None:
     """A payload must be a dict."""
     with pytest.raises(NotSerializableError, match="must be a dict"):

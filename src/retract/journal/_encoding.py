@@ -127,7 +127,9 @@ def encode(value: Mapping[str, Any], what: str, *, limit: int = MAX_PAYLOAD_BYTE
         value = dict(value)
     try:
         text = _dumps(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
+        # RecursionError: the C encoder keeps no markers (it is faster without), so a
+        # value that contains itself, or is nested absurdly deep, ends up here.
         _raise_for_bad_value(value, what)
         raise  # pragma: no cover - _raise_for_bad_value always raises here
     if _has_foreign_key(value):
@@ -179,8 +181,29 @@ def _has_foreign_key(value: dict[Any, Any]) -> bool:
 _CONTAINERS = (dict, list, tuple)
 
 
-def _raise_for_bad_value(value: Any, path: str) -> None:
-    """Walk ``value`` and raise NotSerializableError at the first non-JSON value."""
+#: A payload the encoder cannot handle for its depth is reported past this depth.
+MAX_DEPTH = 500
+
+
+def _raise_for_bad_value(value: Any, path: str, inside: tuple[int, ...] = ()) -> None:
+    """Walk ``value`` and raise NotSerializableError at the first non-JSON value.
+
+    :param inside: ids of the containers on the way here, to find a value inside itself.
+    """
+    if isinstance(value, dict | list | tuple):
+        if id(value) in inside:
+            raise NotSerializableError(
+                f"{path} contains itself (a reference cycle), which JSON cannot represent: "
+                "record a copy without the cycle",
+                path,
+            )
+        if len(inside) >= MAX_DEPTH:
+            raise NotSerializableError(
+                f"{path} is nested more than {MAX_DEPTH} levels deep: flatten it before "
+                "recording",
+                path,
+            )
+        inside = (*inside, id(value))
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -189,10 +212,10 @@ def _raise_for_bad_value(value: Any, path: str) -> None:
                     "be strings: convert the key with str() before recording",
                     path,
                 )
-            _raise_for_bad_value(item, f"{path}[{key!r}]")
+            _raise_for_bad_value(item, f"{path}[{key!r}]", inside)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _raise_for_bad_value(item, f"{path}[{index}]")
+            _raise_for_bad_value(item, f"{path}[{index}]", inside)
     elif isinstance(value, float) and not math.isfinite(value):
         raise NotSerializableError(
             f"{path} is {value!r}, which JSON cannot represent: record a finite number, "
