@@ -24,7 +24,7 @@ async def sessions(
 
     :param limit: at most this many; None for all.
     """
-    async with open_journal(path) as journal:
+    async with open_journal(path, create=False) as journal:
         found = await journal.list_sessions(limit=limit, status=statuses or None)
     if console.json:
         _json.dump({"sessions": [_json.session_json(s) for s in found]}, console.out)
@@ -40,7 +40,7 @@ async def show(console: Console, path: str, session_id: str) -> int:
     :raises SessionNotFoundError: unknown or ambiguous id (the message lists recent or
         matching ids).
     """
-    async with open_journal(path) as journal:
+    async with open_journal(path, create=False) as journal:
         full_id = await journal.resolve_session_id(session_id)
         session = await journal.get_session(full_id)
         operations = await journal.get_operations(full_id)
@@ -61,7 +61,7 @@ async def show(console: Console, path: str, session_id: str) -> int:
 
 async def recover(console: Console, path: str) -> int:
     """Mark sessions whose owner process died INTERRUPTED, and list them."""
-    async with open_journal(path) as journal:
+    async with open_journal(path, create=False) as journal:
         recovered = await journal.recover()
     if console.json:
         _json.dump({"recovered": [_json.session_json(s) for s in recovered]}, console.out)

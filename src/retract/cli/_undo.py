@@ -85,7 +85,7 @@ async def _plan(
         if options.app is not None
         else OperationRegistry()
     )
-    async with open_journal(path) as journal:
+    async with open_journal(path, create=False) as journal:
         full_id = await journal.resolve_session_id(options.session_id)
         return await journal.plan_undo(full_id, registry), registry
 
@@ -118,7 +118,7 @@ async def _undo(
     full_id = plan.session.session_id
     code = ExitCode.OK
     bar = ProgressBar(console.err)
-    async with open_journal(path, registry=registry) as journal:
+    async with open_journal(path, registry=registry, create=False) as journal:
         try:
             report = await journal.undo_session(
                 full_id, registry, on_error=options.on_error, progress=bar

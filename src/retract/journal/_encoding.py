@@ -199,8 +199,7 @@ def _raise_for_bad_value(value: Any, path: str, inside: tuple[int, ...] = ()) ->
             )
         if len(inside) >= MAX_DEPTH:
             raise NotSerializableError(
-                f"{path} is nested more than {MAX_DEPTH} levels deep: flatten it before "
-                "recording",
+                f"{path} is nested more than {MAX_DEPTH} levels deep: flatten it before recording",
                 path,
             )
         inside = (*inside, id(value))

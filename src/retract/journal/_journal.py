@@ -341,15 +341,19 @@ def open_journal(
     metrics: MetricsCollector | None = None,
     synchronous: Synchronous = "FULL",
     busy_timeout: float = 5.0,
+    create: bool = True,
 ) -> Journal:
     """Make a :class:`Journal` for a location; use it with ``async with``.
 
     ``":memory:"`` gives an in-memory journal; anything else is an SQLite file (see
-    :class:`SQLiteStorage` for ``synchronous`` and ``busy_timeout``).
+    :class:`SQLiteStorage` for ``synchronous``, ``busy_timeout`` and ``create``, which
+    with False refuses a path that holds no journal yet instead of creating one).
     """
     storage: Storage
     if str(location) == ":memory:":
         storage = InMemoryStorage()
     else:
-        storage = SQLiteStorage(location, synchronous=synchronous, busy_timeout=busy_timeout)
+        storage = SQLiteStorage(
+            location, synchronous=synchronous, busy_timeout=busy_timeout, create=create
+        )
     return Journal(storage, registry, metrics=metrics)

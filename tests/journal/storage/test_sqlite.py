@@ -219,6 +219,35 @@ async def test_existing_journal_in_read_only_directory_is_a_clear_error(tmp_path
     assert (directory / "j.db").read_bytes() == before
 
 
+async def test_create_false_refuses_a_missing_file_and_creates_nothing(tmp_path: Path) -> None:
+    """create=False on a path without a journal is an error; no file appears."""
+    path = tmp_path / "typo.db"
+    with pytest.raises(JournalOpenError, match="no journal at"):
+        async with open_journal(path, create=False):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_create_false_refuses_an_empty_file_untouched(tmp_path: Path) -> None:
+    """create=False on an empty file refuses it and leaves it empty (no WAL either)."""
+    path = tmp_path / "empty.db"
+    path.touch()
+    with pytest.raises(NotAJournalError, match="is empty"):
+        async with open_journal(path, create=False):
+            pass
+    assert path.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+async def test_create_false_opens_an_existing_journal(tmp_path: Path) -> None:
+    """create=False is only about creating: an existing journal opens as usual."""
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal, journal.start_session():
+        pass
+    async with open_journal(path, create=False) as journal:
+        assert len(await journal.list_sessions()) == 1
+
+
 def test_memory_path_is_rejected_with_advice() -> None:
     """SQLiteStorage(":memory:") points to InMemoryStorage."""
     with pytest.raises(ValueError, match="InMemoryStorage"):
@@ -239,7 +268,7 @@ async def test_lock_held_too_long_is_a_busy_error_and_not_fatal(tmp_path: Path) 
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
-            with pytest.raises(JournalBusyError, match="locked by another process"):
+            with pytest.raises(JournalBusyError, match="locked by another connection"):
                 async with journal.start_session():
                     pass
         finally:

@@ -45,7 +45,6 @@ from ..._errors import (
 )
 from .._records import (
     OperationRecord,
-    OperationState,
     Owner,
     SessionRecord,
     SessionStatus,
@@ -60,18 +59,6 @@ __all__ = ("SQLiteStorage",)
 logger = logging.getLogger("retract")
 
 T = TypeVar("T")
-
-_SESSION_COLUMNS = (
-    "session_id, created_at, status, context, completed_at, error, undo_count, "
-    "owner_token, owner_pid, owner_host, owner_started"
-)
-_OPERATION_COLUMNS = "op_id, sequence, op_type, payload, created_at, state, error, updated_at"
-_SESSION_KEY = "(SELECT seq FROM sessions WHERE session_id = ?)"
-_SETTLED = f"('{OperationState.UNDONE}', '{OperationState.SKIPPED}')"
-_MARK_UNDOING = (
-    "UPDATE operations SET state = ?, updated_at = ?"  # noqa: S608  (only constants)
-    f" WHERE session_key = ? AND sequence BETWEEN ? AND ? AND state NOT IN {_SETTLED}"
-)
 
 
 class _ConnectionThread:
@@ -169,6 +156,11 @@ class SQLiteStorage:
         commits. Several times faster for sequential writers.
     :param busy_timeout: seconds to wait for another process's write lock before
         raising :class:`~retract.JournalBusyError`.
+    :param create: create the journal when the file is missing or empty (default).
+        With False, opening a path with no journal raises
+        :class:`~retract.JournalOpenError` (missing file) or
+        :class:`~retract.NotAJournalError` (empty file) and creates nothing: for
+        tools that only inspect or undo existing journals.
 
     Open it by using the :class:`~retract.Journal` that owns it as an async context
     manager. Use one journal per file per process: each open storage has its own writer.
@@ -180,6 +172,7 @@ class SQLiteStorage:
         *,
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         if str(path) in {"", ":memory:"} or str(path).startswith("file::memory:"):
             raise ValueError(
@@ -193,6 +186,7 @@ class SQLiteStorage:
         self.path = Path(path)
         self.synchronous: Synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
+        self.create = create
         self._writer_thread: _ConnectionThread | None = None
         self._reader_thread: _ConnectionThread | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -224,11 +218,11 @@ class SQLiteStorage:
             writer = _ConnectionThread(aiosqlite.connect(self.path, isolation_level=None))
             self._writer_thread = writer
             await writer.start()
-            await writer.call(functools.partial(self._prepare, writer.raw, create=True))
+            await writer.call(functools.partial(self._prepare, writer.raw, writer=True))
             reader = _ConnectionThread(aiosqlite.connect(self.path, isolation_level=None))
             self._reader_thread = reader
             await reader.start()
-            await reader.call(functools.partial(self._prepare, reader.raw, create=False))
+            await reader.call(functools.partial(self._prepare, reader.raw, writer=False))
         except BaseException as exc:
             await self._close_connections()
             self._state = "closed"
@@ -271,6 +265,10 @@ class SQLiteStorage:
         self._writer_thread = None
 
     def _check_directory(self) -> None:
+        if not self.create and not self.path.exists():
+            raise JournalOpenError(
+                f"there is no journal at {self.location}: check the path (nothing was created)"
+            )
         directory = self.path.parent
         if not directory.is_dir():
             raise JournalOpenError(
@@ -282,16 +280,17 @@ class SQLiteStorage:
                 f"cannot open journal {self.location}: it is a directory; give a file path"
             )
 
-    def _prepare(self, conn: sqlite3.Connection | None, *, create: bool) -> None:
+    def _prepare(self, conn: sqlite3.Connection | None, *, writer: bool) -> None:
         assert conn is not None  # noqa: S101
         prepare_connection(
             conn,
             self.location,
             synchronous=self.synchronous,
             busy_timeout=self.busy_timeout,
-            create=create,
+            writer=writer,
+            create=self.create,
         )
-        if create:
+        if writer:
             preallocate_wal(conn, f"{self.path}-wal")
 
     def translate(self, exc: BaseException, action: str) -> BaseException:
@@ -306,8 +305,9 @@ class SQLiteStorage:
         where = f"journal {self.location}"
         if "locked" in message or "busy" in message:
             error: JournalError = JournalBusyError(
-                f"{where} stayed locked by another process for more than "
-                f"{self.busy_timeout:g}s while {action}; retry later or raise busy_timeout"
+                f"{where} was locked by another connection for longer than the busy "
+                f"timeout ({self.busy_timeout:g}s) while {action}; retry later, or raise "
+                "busy_timeout"
             )
         elif "readonly" in message or "read-only" in message:
             error = JournalOpenError(

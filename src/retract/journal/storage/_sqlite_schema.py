@@ -80,6 +80,7 @@ def prepare_connection(
     *,
     synchronous: Synchronous,
     busy_timeout: float,
+    writer: bool,
     create: bool,
 ) -> None:
     """Set every pragma on ``conn`` and check (or create) the schema.
@@ -90,19 +91,26 @@ def prepare_connection(
     does (up to ``busy_timeout``), and the schema is created under the write lock after
     checking again.
 
-    :param create: create the schema in an empty database (the writer connection does;
-        the reader only checks).
+    :param writer: the writer connection (which creates the schema); the reader is made
+        ``query_only``.
+    :param create: whether an empty database may become a journal; if not, it is
+        refused (NotAJournalError) before anything is written.
     :raises NotAJournalError: the file is some other database, or not a database.
     :raises SchemaVersionError: the journal has a newer schema than this retract knows.
     """
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     app_id, version, tables = _snapshot(conn, location)
     _check_header(location, app_id, version, tables)
+    if app_id == 0 and not create:
+        raise NotAJournalError(
+            f"{location} is empty, not a journal (and nothing was created, as asked): "
+            "check the path"
+        )
     _enable_wal(conn, location, busy_timeout)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
-    if not create:
+    if not writer:
         conn.execute("PRAGMA query_only = ON")
     elif app_id != APPLICATION_ID:
         conn.execute("BEGIN IMMEDIATE")
