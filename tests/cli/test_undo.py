@@ -207,10 +207,11 @@ def test_undo_json_report(cli: Cli, db: Path, handlers: tuple[str, Path]) -> Non
     assert again.json()["total"] == 0
 
 
+@pytest.mark.parametrize("confirm", [["-y"], []], ids=["with-yes", "without-yes"])
 def test_session_running_elsewhere_is_refused(
-    cli: Cli, db: Path, handlers: tuple[str, Path]
+    cli: Cli, db: Path, handlers: tuple[str, Path], confirm: list[str]
 ) -> None:
-    """A session still running in a live process: exit 1, nothing undone."""
+    """A session running in a live process: exit 1 before any prompt, nothing undone."""
 
     async def scenario() -> tuple[int, str]:
         async with open_journal(db) as journal, journal.start_session() as session:
@@ -218,26 +219,7 @@ def test_session_running_elsewhere_is_refused(
             app = f"{handlers[0]}:registry"
             # main() runs its own event loop, so it runs in a thread here
             code = await asyncio.to_thread(
-                main, ["--db", str(db), "undo", session.session_id, "--app", app, "-y"]
-            )
-            return code, session.session_id
-
-    code, session_id = asyncio.run(scenario())
-    assert code == 1
-    assert states(db, session_id) == (S.COMPLETED, [O.DONE])
-
-
-def test_blocked_session_is_refused_before_asking(
-    cli: Cli, db: Path, handlers: tuple[str, Path]
-) -> None:
-    """A running session is refused (exit 1) before any confirmation is asked for."""
-
-    async def scenario() -> tuple[int, str]:
-        async with open_journal(db) as journal, journal.start_session() as session:
-            await session.record_operation("t.ok", {})
-            app = f"{handlers[0]}:registry"
-            code = await asyncio.to_thread(
-                main, ["--db", str(db), "undo", session.session_id, "--app", app]
+                main, ["--db", str(db), "undo", session.session_id, "--app", app, *confirm]
             )
             return code, session.session_id
 
