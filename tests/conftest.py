@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from retract import InMemoryStorage, Journal, SQLiteStorage, Storage
-
-StorageFactory = Callable[[], Storage]
+from tests.helpers import StorageFactory
 
 
 @pytest.fixture(params=["sqlite", "memory"])

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+
+from retract import Storage
+
+#: Makes a fresh storage (the ``storage_factory`` fixture of tests/conftest.py).
+StorageFactory = Callable[[], Storage]
 
 
 def sqlite_threads() -> list[threading.Thread]:

@@ -23,13 +23,11 @@ from retract import (
     OperationRegistry,
     OperationState,
     SessionStatus,
-    Storage,
 )
-from tests.helpers import sqlite_threads, wait_for_sqlite_threads
+from tests.helpers import StorageFactory, sqlite_threads, wait_for_sqlite_threads
 
 S = SessionStatus
 O = OperationState  # noqa: E741
-StorageFactory = Callable[[], Storage]
 MAX_AWAITS = 200
 
 

@@ -12,7 +12,6 @@ import asyncio
 import collections
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,17 +23,15 @@ from retract import (
     OperationState,
     Session,
     SessionStatus,
-    Storage,
     UndoInProgressError,
 )
+from tests.helpers import StorageFactory
 
 SEED = int(os.environ.get("RETRACT_SEED") or random.SystemRandom().randrange(2**32))
 SESSIONS = 200
 
 S = SessionStatus
 O = OperationState  # noqa: E741
-
-StorageFactory = Callable[[], Storage]
 
 
 class BoomError(Exception):

@@ -328,16 +328,12 @@ SMALL = Shape(sessions=3, max_parallel=3, min_ops=1, max_ops=6, longest_delay=0.
 LARGE = Shape(sessions=6, max_parallel=4, min_ops=0, max_ops=14, longest_delay=0.05)
 
 
-async def kill_during_sessions(tmp_path: Path, index: int, seed: int, shape: Shape) -> str:
-    """One trial: kill a child while it journals, recover, undo, check everything."""
-    tag = f"trial {index} (seed {seed})"
-    rng = random.Random(seed)
-    scratch = tmp_path / f"t{index}"
-    work, db = scratch / "work", scratch / "journal.db"
-    make_layout(work, shape.sessions)
-    initial = snapshot(work)
-    config = {
-        "mode": "run",
+def child_config(
+    mode: str, db: Path, work: Path, rng: random.Random, shape: Shape
+) -> dict[str, Any]:
+    """What the worker child is told to do (its own seed drawn from the trial's)."""
+    return {
+        "mode": mode,
         "db": str(db),
         "work": str(work),
         "seed": rng.randrange(2**31),
@@ -346,6 +342,17 @@ async def kill_during_sessions(tmp_path: Path, index: int, seed: int, shape: Sha
         "min_ops": shape.min_ops,
         "max_ops": shape.max_ops,
     }
+
+
+async def kill_during_sessions(tmp_path: Path, index: int, seed: int, shape: Shape) -> str:
+    """One trial: kill a child while it journals, recover, undo, check everything."""
+    tag = f"trial {index} (seed {seed})"
+    rng = random.Random(seed)
+    scratch = tmp_path / f"t{index}"
+    work, db = scratch / "work", scratch / "journal.db"
+    make_layout(work, shape.sessions)
+    initial = snapshot(work)
+    config = child_config("run", db, work, rng, shape)
     child = await asyncio.to_thread(
         run_child,
         config,
@@ -456,15 +463,7 @@ async def kill_during_undo(
     work, db, log_path = scratch / "work", scratch / "journal.db", scratch / "handlers.log"
     make_layout(work, shape.sessions)
     initial = snapshot(work)
-    config = {
-        "mode": "undo",
-        "db": str(db),
-        "work": str(work),
-        "seed": rng.randrange(2**31),
-        "sessions": shape.sessions,
-        "parallel": rng.randint(1, shape.max_parallel),
-        "min_ops": shape.min_ops,
-        "max_ops": shape.max_ops,
+    config = child_config("undo", db, work, rng, shape) | {
         "handler_log": str(log_path),
         "handler_delay": handler_delay,
         "max_in_doubt": max_in_doubt,

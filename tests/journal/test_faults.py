@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,10 +23,10 @@ from retract import (
     Storage,
     StorageError,
 )
+from tests.helpers import StorageFactory
 
 S = SessionStatus
 O = OperationState  # noqa: E741
-StorageFactory = Callable[[], Storage]
 
 _CALLS = (
     "create_session",
