@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import retract
+import retract.fs
 import retract.journal
 
 
 def test_all_is_a_sorted_tuple_of_existing_names() -> None:
     """``__all__`` is a tuple, and each name in it is importable."""
-    for module in (retract, retract.journal):
+    for module in (retract, retract.fs, retract.journal):
         assert isinstance(module.__all__, tuple)
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
@@ -17,7 +18,7 @@ def test_all_is_a_sorted_tuple_of_existing_names() -> None:
 def test_public_classes_claim_the_public_module() -> None:
     """Every exported name is defined in a private module and re-exported explicitly."""
     public = {name for name in dir(retract) if not name.startswith("_")}
-    assert public <= set(retract.__all__) | {"journal", "cli"}
+    assert public <= set(retract.__all__) | {"journal", "cli", "fs"}
 
 
 def test_design_contract_names_exist() -> None:
@@ -33,5 +34,10 @@ def test_design_contract_names_exist() -> None:
         "SessionStatus",
         "OperationState",
         "UndoErrorGroup",
+        "atomic_write",
+        "atomic_folder",
+        "atomic_write_bytes",
+        "atomic_write_text",
+        "FileAlreadyExistsError",
     ):
         assert name in retract.__all__

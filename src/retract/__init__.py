@@ -4,6 +4,11 @@ The public face of the library; everything here is re-exported from private modu
 """
 
 from ._async import set_thread_limit as set_thread_limit
+from ._errors import CrossDeviceError as CrossDeviceError
+from ._errors import DriftError as DriftError
+from ._errors import DurabilityError as DurabilityError
+from ._errors import FileAlreadyExistsError as FileAlreadyExistsError
+from ._errors import FileOperationError as FileOperationError
 from ._errors import InvalidRecordError as InvalidRecordError
 from ._errors import JournalBusyError as JournalBusyError
 from ._errors import JournalClosedError as JournalClosedError
@@ -22,6 +27,10 @@ from ._errors import UndoFailedError as UndoFailedError
 from ._errors import UndoInProgressError as UndoInProgressError
 from ._errors import UndoSkipped as UndoSkipped
 from ._errors import UnknownOperationTypeError as UnknownOperationTypeError
+from .fs import atomic_folder as atomic_folder
+from .fs import atomic_write as atomic_write
+from .fs import atomic_write_bytes as atomic_write_bytes
+from .fs import atomic_write_text as atomic_write_text
 from .journal import FailedOperation as FailedOperation
 from .journal import InMemoryStorage as InMemoryStorage
 from .journal import Journal as Journal
@@ -46,7 +55,12 @@ from .journal import open_journal as open_journal
 __version__ = "0.1.0.dev0"
 
 __all__ = (
+    "CrossDeviceError",
+    "DriftError",
+    "DurabilityError",
     "FailedOperation",
+    "FileAlreadyExistsError",
+    "FileOperationError",
     "InMemoryStorage",
     "InvalidRecordError",
     "Journal",
@@ -84,6 +98,10 @@ __all__ = (
     "UndoableOperation",
     "UnknownOperationTypeError",
     "__version__",
+    "atomic_folder",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
     "open_journal",
     "set_thread_limit",
 )

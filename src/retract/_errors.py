@@ -16,10 +16,15 @@ from the builtin a caller would naturally catch::
     │   ├── SessionNotFoundError (LookupError)     unknown session id
     │   └── SessionStateError                      session state forbids the action
     │       └── UndoInProgressError                another undo of it is running
-    └── UndoError
-        ├── UnknownOperationTypeError (LookupError)  no handler; nothing was undone
-        ├── UndoFailedError                        a handler failed; undo stopped
-        └── UndoErrorGroup (ExceptionGroup)        handlers failed; undo continued
+    ├── UndoError
+    │   ├── UnknownOperationTypeError (LookupError)  no handler; nothing was undone
+    │   ├── UndoFailedError                        a handler failed; undo stopped
+    │   └── UndoErrorGroup (ExceptionGroup)        handlers failed; undo continued
+    └── FileOperationError (OSError)               an atomic or reversible file operation
+        ├── FileAlreadyExistsError (FileExistsError)  target exists, overwrite=False
+        ├── CrossDeviceError                       paths on different filesystems
+        ├── DurabilityError                        in place, but the directory fsync failed
+        └── DriftError                             undo refused: the file changed since
 
 :class:`UndoSkipped` is not an error: an undo handler raises it to say that the
 operation needs no undo (the operation ends SKIPPED).
@@ -34,6 +39,11 @@ if TYPE_CHECKING:
     from .journal._records import UndoReport
 
 __all__ = (
+    "CrossDeviceError",
+    "DriftError",
+    "DurabilityError",
+    "FileAlreadyExistsError",
+    "FileOperationError",
     "InvalidRecordError",
     "JournalBusyError",
     "JournalClosedError",
@@ -219,3 +229,49 @@ class UndoSkipped(Exception):  # noqa: N818  (a signal, not an error)
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class FileOperationError(RetractError, OSError):
+    """An atomic write or a reversible file operation could not be done as asked.
+
+    Built like an :class:`OSError`: ``errno``, ``strerror`` (the message, which says what
+    to do) and ``filename`` are set.
+    """
+
+    def __init__(self, errno: int, message: str, filename: str | None = None) -> None:
+        super().__init__(errno, message, filename)
+
+    def __str__(self) -> str:
+        # OSError's "[Errno 17] message: 'path'" buries the advice; the message names
+        # the path itself.
+        return str(self.strerror)
+
+
+class FileAlreadyExistsError(FileOperationError, FileExistsError):
+    """The target exists and ``overwrite=False`` (the default); nothing was changed."""
+
+
+class CrossDeviceError(FileOperationError):
+    """Two paths that must be on one filesystem (a rename) are not; nothing was changed."""
+
+
+class DurabilityError(FileOperationError):
+    """The new content is in place, but syncing its directory failed.
+
+    The rename happened, so readers see the new content now; whether it survives a power
+    loss is unconfirmed. A failed sync is never retried (the kernel may have dropped the
+    dirty state): check the disk, then write again if durability matters.
+    """
+
+
+class DriftError(FileOperationError):
+    """Undo refused to touch a file that changed after the operation recorded it.
+
+    :ivar changes: what differs, e.g. ``["size 10 -> 12", "sha256"]``.
+    """
+
+    def __init__(
+        self, errno: int, message: str, filename: str | None, changes: Sequence[str]
+    ) -> None:
+        super().__init__(errno, message, filename)
+        self.changes = list(changes)
