@@ -19,7 +19,7 @@ class MoveUndo:
 
 def test_register_and_handler_both_add_types() -> None:
     """Factories and decorated functions live side by side, listed sorted."""
-    registry = OperationRegistry()
+    registry = OperationRegistry(builtins=False)
     registry.register("fs.move", MoveUndo)
 
     @registry.handler("mail.send")
@@ -36,7 +36,7 @@ def test_register_and_handler_both_add_types() -> None:
 
 def test_decorator_returns_the_function_unchanged() -> None:
     """@registry.handler leaves the decorated function usable as before."""
-    registry = OperationRegistry()
+    registry = OperationRegistry(builtins=False)
 
     async def unsend(op: OperationRecord) -> None:
         return None
@@ -46,7 +46,7 @@ def test_decorator_returns_the_function_unchanged() -> None:
 
 def test_registering_again_replaces() -> None:
     """A second registration of a type replaces the first (unmake compatibility)."""
-    registry = OperationRegistry()
+    registry = OperationRegistry(builtins=False)
     registry.register("fs.move", MoveUndo)
     registry.register("fs.move", MoveUndo)
     assert registry.types() == ["fs.move"]
@@ -54,7 +54,7 @@ def test_registering_again_replaces() -> None:
 
 def test_unregister_and_its_error() -> None:
     """Unregister forgets a type; an unknown type is a KeyError listing the known ones."""
-    registry = OperationRegistry()
+    registry = OperationRegistry(builtins=False)
     registry.register("fs.move", MoveUndo)
     registry.unregister("fs.move")
     assert registry.types() == []
@@ -64,7 +64,7 @@ def test_unregister_and_its_error() -> None:
 
 def test_bad_registrations_are_refused() -> None:
     """Invalid type names and non-callables are rejected at registration."""
-    registry = OperationRegistry()
+    registry = OperationRegistry(builtins=False)
     with pytest.raises(InvalidRecordError):
         registry.register("not valid", MoveUndo)
     with pytest.raises(TypeError, match="callable"):
@@ -73,10 +73,23 @@ def test_bad_registrations_are_refused() -> None:
 
 def test_copy_and_update_are_independent() -> None:
     """copy() gives a separate registry; update() merges another one in."""
-    base = OperationRegistry()
+    base = OperationRegistry(builtins=False)
     base.register("fs.move", MoveUndo)
     clone = base.copy()
     clone.register("fs.copy", MoveUndo)
     assert base.types() == ["fs.move"]
     base.update(clone)
     assert base.types() == ["fs.copy", "fs.move"]
+
+
+def test_default_registry_has_the_fs_handlers() -> None:
+    """A new registry knows how to undo every ``session.fs`` operation."""
+    assert set(OperationRegistry().types()) == {
+        "fs.copy",
+        "fs.delete",
+        "fs.mkdir",
+        "fs.move",
+        "fs.rmtree",
+        "fs.write",
+    }
+    assert len(OperationRegistry(builtins=False)) == 0

@@ -36,7 +36,7 @@ class Recorder:
     """A registry whose "t.op" handler logs calls and can be told to fail or skip."""
 
     def __init__(self) -> None:
-        self.registry = OperationRegistry()
+        self.registry = OperationRegistry(builtins=False)
         self.calls: list[int] = []
         self.seen: list[OperationRecord] = []
         self.fail: set[int] = set()

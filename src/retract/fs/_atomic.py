@@ -36,6 +36,7 @@ __all__ = (
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_permissions",
 )
 
 #: Buffered bytes above which a write goes to the temp file at once (one thread hop).
@@ -45,7 +46,7 @@ Mode = Literal["w", "wt", "wb"]
 StrPath = str | os.PathLike[str]
 
 
-def _check_permissions(permissions: int | None) -> int | None:
+def check_permissions(permissions: int | None) -> int | None:
     value: object = permissions  # checked at run time, whatever the annotation says
     if value is not None and (type(value) is not int or not 0 <= value <= 0o7777):
         raise ValueError(
@@ -73,6 +74,7 @@ class AtomicFile:
         self._target: str | None = None
         self._directory: str | None = None
         self._temp_dir: StrPath | None = None
+        self._failed = False
         self.closed = False
 
     def __repr__(self) -> str:
@@ -83,9 +85,20 @@ class AtomicFile:
         """The target path as given."""
         return str(self.path)
 
-    def _encode(self, data: str | bytes | bytearray | memoryview) -> bytes:
+    def _check_open(self) -> None:
         if self.closed:
             raise ValueError(f"I/O operation on closed file {str(self.path)!r}")
+        if self._failed:
+            raise self._failed_error()
+
+    def _failed_error(self) -> ValueError:
+        return ValueError(
+            f"an earlier write to {str(self.path)!r} failed and its data was lost, so this "
+            "atomic write cannot be committed; leave the block (the target is untouched)"
+        )
+
+    def _encode(self, data: str | bytes | bytearray | memoryview) -> bytes:
+        self._check_open()
         if self._encoder is not None:
             if not isinstance(data, str):
                 raise TypeError(f"write() argument must be str, not {type(data).__name__}")
@@ -99,7 +112,7 @@ class AtomicFile:
         return bytes(data)
 
     async def write(self, data: str | bytes | bytearray | memoryview) -> int:
-        """Buffer ``data``; return how many characters or bytes were given.
+        """Buffer ``data``; return how many characters (text) or bytes were given.
 
         Reaches the disk only past :data:`SPILL_BYTES` of buffered data (then one thread
         hop). If the awaiting task is cancelled during a spill, the spill finishes first.
@@ -110,7 +123,8 @@ class AtomicFile:
             self._buffered += len(chunk)
             if self._buffered >= SPILL_BYTES:
                 await self.flush()
-        return len(data)
+        # len() of a memoryview counts items, not bytes
+        return len(data) if self._encoder is not None else len(chunk)
 
     async def writelines(self, lines: Iterable[str | bytes]) -> None:
         """Write each item of ``lines`` (no separators are added, as with files)."""
@@ -119,19 +133,24 @@ class AtomicFile:
 
     async def flush(self) -> None:
         """Move the buffered data to the temp file now (creating it if needed)."""
-        if self.closed:
-            raise ValueError(f"I/O operation on closed file {str(self.path)!r}")
+        self._check_open()
         if not self._chunks:
             return
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         await run_sync(self._spill, chunks)
 
     def _spill(self, chunks: list[bytes]) -> None:
-        if self._target is None:
-            self._target, self._directory = resolve_target(self.path, self._temp_dir)
-        assert self._directory is not None  # noqa: S101
-        # Stored from the worker thread, so a cancelled caller still knows the temp.
-        self._temp = write_temp(self._temp, self._target, self._directory, chunks)
+        try:
+            if self._target is None:
+                self._target, self._directory = resolve_target(self.path, self._temp_dir)
+            assert self._directory is not None  # noqa: S101
+            # Stored from the worker thread, so a cancelled caller still knows the temp.
+            self._temp = write_temp(self._temp, self._target, self._directory, chunks)
+        except BaseException:
+            # The chunks are gone: a caller that swallows this error must not be able to
+            # commit a file that silently lacks them.
+            self._failed = True
+            raise
 
     def _tail(self) -> list[bytes]:
         if self._encoder is not None:
@@ -186,7 +205,7 @@ class AtomicWrite:
         self._file._temp_dir = temp_dir
         self._overwrite = overwrite
         self._durable = durable
-        self._permissions = _check_permissions(permissions)
+        self._permissions = check_permissions(permissions)
         self._entered = False
 
     async def __aenter__(self) -> AtomicFile:
@@ -203,9 +222,11 @@ class AtomicWrite:
     ) -> None:
         file = self._file
         file.closed = True
-        if exc is not None:
+        if exc is not None or file._failed:
             if file._temp is not None:
                 await run_sync(file._discard)
+            if exc is None:
+                raise file._failed_error()
             return
         await run_sync(file._commit, self._overwrite, self._durable, self._permissions)
 

@@ -188,16 +188,8 @@ def finish_temp(temp: TempFile, target: str, *, durable: bool, permissions: int 
     except NotADirectoryError:
         raise _explain(NotADirectoryError(errno.ENOTDIR, ""), target, target) from None
     if old is not None and stat.S_ISDIR(old.st_mode):
-        raise IsADirectoryError(
-            errno.EISDIR,
-            f"cannot write {target}: it is a directory; atomic_write replaces files "
-            "(use atomic_folder to replace a directory)",
-            target,
-        )
-    if permissions is not None:
-        os.fchmod(fd, permissions)
-    elif old is not None:
-        os.fchmod(fd, stat.S_IMODE(old.st_mode))
+        raise is_a_directory(target)
+    # Owner first: a chown clears the setuid and setgid bits, so the mode comes after it.
     if old is not None:
         mine = os.fstat(fd)
         if (mine.st_uid, mine.st_gid) != (old.st_uid, old.st_gid):
@@ -206,6 +198,10 @@ def finish_temp(temp: TempFile, target: str, *, durable: bool, permissions: int 
             except PermissionError:
                 # Only root may give a file away; keep our own ownership then.
                 logger.debug("could not keep the owner of %s", target)
+    if permissions is not None:
+        os.fchmod(fd, permissions)
+    elif old is not None:
+        os.fchmod(fd, stat.S_IMODE(old.st_mode))
     if durable:
         os.fsync(fd)
     temp.fd = None
@@ -225,6 +221,16 @@ def install_file(temp: TempFile, target: str, *, overwrite: bool) -> None:
         if exc.errno == errno.EXDEV:
             raise cross_device(temp.path, target) from None
         raise
+
+
+def is_a_directory(target: str) -> IsADirectoryError:
+    """The error for an atomic file write whose target is a directory."""
+    return IsADirectoryError(
+        errno.EISDIR,
+        f"cannot write {target}: it is a directory; atomic_write replaces files "
+        "(use atomic_folder to replace a directory)",
+        target,
+    )
 
 
 def already_exists(target: str) -> FileAlreadyExistsError:
@@ -287,7 +293,8 @@ def commit_file(
         # Checked early to spare the write; the no-replace rename still decides.
         if temp is not None:
             discard_file(temp)
-        raise already_exists(target)
+        # A directory is the wrong kind of target, whatever `overwrite` says.
+        raise is_a_directory(target) if os.path.isdir(target) else already_exists(target)
     temp = write_temp(temp, target, directory, chunks)
     try:
         finish_temp(temp, target, durable=durable, permissions=permissions)
@@ -308,8 +315,7 @@ def prepare_folder(
     """Create the temp folder for ``path``; return (target, temp folder, its fresh mode)."""
     target, directory = resolve_target(path, temp_dir)
     if os.path.lexists(target):
-        if not overwrite:
-            raise already_exists(target)
+        # A file is the wrong kind of target, whatever `overwrite` says.
         if not os.path.isdir(target):
             raise NotADirectoryError(
                 errno.ENOTDIR,
@@ -317,6 +323,8 @@ def prepare_folder(
                 "first or use atomic_write for files",
                 target,
             )
+        if not overwrite:
+            raise already_exists(target)
     for _ in range(_ATTEMPTS):
         folder = os.path.join(directory, temp_name(os.path.basename(target)))
         try:
@@ -367,12 +375,15 @@ def commit_folder(
     except BaseException:
         discard_folder(folder)
         raise
-    if durable:
-        sync_directory_or_raise(os.path.dirname(target), target)
-    if old:
-        # After the exchange the old tree sits under the temp name: a crash here leaves
-        # it for `retract sweep`, while the new folder is already in place.
-        discard_folder(folder)
+    try:
+        if durable:
+            sync_directory_or_raise(os.path.dirname(target), target)
+    finally:
+        if old:
+            # After the exchange the old tree sits under the temp name: a crash here
+            # leaves it for `retract sweep`, while the new folder is already in place.
+            # A failed directory sync must not leave it behind either.
+            discard_folder(folder)
 
 
 def _swap_in(folder: str, target: str, fresh_mode: int, *, overwrite: bool) -> bool:

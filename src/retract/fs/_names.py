@@ -29,8 +29,11 @@ logger = logging.getLogger("retract")
 #: Kinds of temp: a file or folder being written, and an old tree being removed.
 KINDS = ("tmp", "old")
 _HOST = hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:6]
+# `\Z`, not `$` (which also matches before a final newline), and `[0-9]`, not `\d`
+# (which also matches other scripts' digits): only names retract makes may match.
 _PATTERN = re.compile(
-    r"^\.(?P<base>.*)\.retract-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}\.(?P<kind>tmp|old)$",
+    r"^\.(?P<base>.*)\.retract-(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9a-f]{8}"
+    r"\.(?P<kind>tmp|old)\Z",
     re.DOTALL,
 )
 #: Bytes of the target's name kept in a temp's name: the suffix needs about 40, and a
@@ -56,7 +59,7 @@ def _process_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a pid no process can have
         return False
     except PermissionError:  # alive, owned by someone else
         return True

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Collection
+from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from .._async import shielded
+from .._async import run_sync, shielded
 from .._errors import JournalClosedError, SessionNotFoundError
+from ..fs._handlers import DRIFT_POLICIES, DriftPolicy, drift_policy
 from ._metrics import MetricsCollector
 from ._owner import session_held
 from ._records import (
+    TERMINAL_STATUSES,
     OperationRecord,
     SessionRecord,
     SessionStatus,
@@ -50,6 +56,9 @@ class Journal:
         :meth:`plan_undo` and ``undo_on_error`` sessions; a new
         :class:`OperationRegistry` when omitted.
     :param metrics: counters to update, e.g. a :class:`MetricsCollector`.
+    :param images_dir: where ``session.fs`` keeps before-images (one folder per
+        session). By default ``<journal file>.images`` beside an SQLite journal, and a
+        temporary folder, removed at :meth:`aclose`, for an in-memory one.
     """
 
     def __init__(
@@ -58,10 +67,13 @@ class Journal:
         registry: OperationRegistry | None = None,
         *,
         metrics: MetricsCollector | None = None,
+        images_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.storage = storage
         self.registry = registry if registry is not None else OperationRegistry()
         self.metrics = metrics
+        self._images_dir = Path(images_dir).absolute() if images_dir is not None else None
+        self._own_images = False
         self._state = "new"
 
     def __repr__(self) -> str:
@@ -107,6 +119,23 @@ class Journal:
             return
         self._state = "closed"
         await shielded(self.storage.aclose())
+        if self._own_images and self._images_dir is not None:
+            # An in-memory journal's sessions die with it, and so do their images.
+            await run_sync(_remove_tree, self._images_dir)
+
+    @property
+    def images_dir(self) -> Path:
+        """The folder where ``session.fs`` keeps before-images (made on first use)."""
+        if self._images_dir is None:
+            if self._in_memory():
+                self._images_dir = Path(tempfile.mkdtemp(prefix="retract-images-"))
+                self._own_images = True
+            else:
+                self._images_dir = Path(self.storage.location + ".images").absolute()
+        return self._images_dir
+
+    def _in_memory(self) -> bool:
+        return self.storage.location == ":memory:"
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -246,6 +275,7 @@ class Journal:
         on_error: OnError = "stop",
         max_in_doubt: int = 1024,
         progress: ProgressCallback | None = None,
+        drift: DriftPolicy = "refuse",
     ) -> UndoReport:
         """Undo a session's operations, newest first, each with its registered handler.
 
@@ -267,6 +297,10 @@ class Journal:
             committed per window of up to this many fast handlers; 1 commits before
             each handler).
         :param progress: called with (handled, total) after each operation.
+        :param drift: what the built-in ``session.fs`` handlers do with a path that
+            changed since its operation: ``"refuse"`` (raise :class:`DriftError`,
+            touch nothing for that step), ``"skip"`` (leave it, mark the operation
+            SKIPPED) or ``"force"`` (restore anyway).
         :return: an :class:`UndoReport`; the session ends ROLLED_BACK, or
             PARTIALLY_ROLLED_BACK when something failed or was cancelled.
         :raises SessionNotFoundError: no session has this id.
@@ -280,14 +314,66 @@ class Journal:
         and the cancellation propagates; running the undo again resumes.
         """
         self.check_open()
-        return await undo_session(
-            self,
-            session_id,
-            registry if registry is not None else self.registry,
-            on_error=on_error,
-            max_in_doubt=max_in_doubt,
-            progress=progress,
-        )
+        if drift not in DRIFT_POLICIES:
+            raise ValueError(f"drift must be one of {', '.join(DRIFT_POLICIES)}, not {drift!r}")
+        token = drift_policy.set(drift)
+        try:
+            return await undo_session(
+                self,
+                session_id,
+                registry if registry is not None else self.registry,
+                on_error=on_error,
+                max_in_doubt=max_in_doubt,
+                progress=progress,
+            )
+        finally:
+            drift_policy.reset(token)
+
+    # -- pruning --------------------------------------------------------------------
+
+    async def prune(
+        self,
+        older_than: timedelta | float,
+        *,
+        statuses: Collection[SessionStatus | str] | None = None,
+    ) -> list[str]:
+        """Delete sessions that ended long enough ago, with their operations and images.
+
+        Pruned sessions can no longer be undone: their journal rows and the
+        before-images ``session.fs`` kept for them are removed. Sessions still RUNNING
+        or UNDOING are never pruned.
+
+        :param older_than: how long ago a session must have ended (a timedelta, or
+            seconds), counted from its end (from its start if it never ended).
+        :param statuses: only sessions with these statuses (default: every ended one:
+            completed, failed, cancelled, interrupted, rolled back, partially rolled
+            back).
+        :return: the ids of the pruned sessions.
+        :raises ValueError: a negative age, or a status that is not an ended one.
+
+        If the awaiting task is cancelled after the rows were deleted, the images are
+        still removed before the cancellation is raised.
+        """
+        self.check_open()
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        if seconds < 0:
+            raise ValueError(f"older_than must not be negative, not {older_than!r}")
+        wanted = TERMINAL_STATUSES if statuses is None else {SessionStatus(s) for s in statuses}
+        if not wanted <= TERMINAL_STATUSES:
+            live = ", ".join(sorted(s.value for s in wanted - TERMINAL_STATUSES))
+            raise ValueError(f"sessions that are {live} have not ended and cannot be pruned")
+        cutoff = datetime.now().timestamp() - seconds
+        pruned = await shielded(self.storage.prune_sessions(ended_before=cutoff, statuses=wanted))
+        temporary = self._images_dir is None and self._in_memory()
+        if not temporary:
+            images = self.images_dir
+            await run_sync(_remove_images, images, pruned)
+            for name in await run_sync(_image_folders, images):
+                # A folder whose session is gone: left by a prune that died before it
+                # removed the images.
+                if await self.storage.get_session(name) is None:
+                    await run_sync(_remove_images, images, [name])
+        return pruned
 
     # -- recovery -------------------------------------------------------------------
 
@@ -334,6 +420,23 @@ class Journal:
         return recovered
 
 
+def _remove_tree(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _image_folders(images: Path) -> list[str]:
+    try:
+        return [entry.name for entry in os.scandir(images) if entry.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _remove_images(images: Path, session_ids: list[str]) -> None:
+    """Remove pruned sessions' image folders (blocking)."""
+    for session_id in session_ids:
+        shutil.rmtree(images / session_id, ignore_errors=True)
+
+
 def open_journal(
     location: str | os.PathLike[str],
     *,
@@ -342,6 +445,7 @@ def open_journal(
     synchronous: Synchronous = "FULL",
     busy_timeout: float = 5.0,
     create: bool = True,
+    images_dir: str | os.PathLike[str] | None = None,
 ) -> Journal:
     """Make a :class:`Journal` for a location; use it with ``async with``.
 
@@ -356,4 +460,4 @@ def open_journal(
         storage = SQLiteStorage(
             location, synchronous=synchronous, busy_timeout=busy_timeout, create=create
         )
-    return Journal(storage, registry, metrics=metrics)
+    return Journal(storage, registry, metrics=metrics, images_dir=images_dir)

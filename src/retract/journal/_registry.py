@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .._async import run_sync
+from ..fs._handlers import register_fs_handlers
 from ._encoding import check_op_type
 from ._records import OperationRecord
 
@@ -54,10 +55,16 @@ class OperationRegistry:
 
     Registering a type that is already registered replaces its handler, so code written
     for unmake (which registers its own ``"fs.move"``) runs unchanged.
+
+    :param builtins: start with the built-in handlers of ``session.fs`` operations
+        (``fs.write``, ``fs.move``, ``fs.copy``, ``fs.delete``, ``fs.mkdir``,
+        ``fs.rmtree``); False starts empty.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, builtins: bool = True) -> None:
         self._entries: dict[str, _Entry] = {}
+        if builtins:
+            register_fs_handlers(self)
 
     def __repr__(self) -> str:
         return f"OperationRegistry({sorted(self._entries)})"
@@ -122,7 +129,7 @@ class OperationRegistry:
 
     def copy(self) -> OperationRegistry:
         """A new registry with the same handlers."""
-        clone = OperationRegistry()
+        clone = OperationRegistry(builtins=False)
         clone._entries = dict(self._entries)
         return clone
 

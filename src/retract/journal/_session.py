@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._async import shielded
 from .._errors import SessionStateError
+from ..fs._session_fs import SessionFs
 from ._encoding import check_op_type, decode, encode, new_id
 from ._owner import active, current_owner
 from ._records import OperationRecord, OperationState, SessionStatus
@@ -63,6 +64,8 @@ class Session:
         self.session_id = session_id
         self.context = context
         self._open = True
+        self.fs = SessionFs(self)
+        """Reversible file operations journaled into this session (:class:`SessionFs`)."""
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {'open' if self._open else 'closed'}>"

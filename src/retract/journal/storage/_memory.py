@@ -227,6 +227,21 @@ class InMemoryStorage:
         session = self._sessions.get(session_id)
         return None if session is None else session.record()
 
+    async def prune_sessions(
+        self, *, ended_before: float, statuses: Collection[SessionStatus]
+    ) -> list[str]:
+        """Delete ended sessions and their operations."""
+        self._check_open()
+        doomed = [
+            sid
+            for sid, session in self._sessions.items()
+            if session.status in statuses
+            and (session.completed_at or session.created_at) < ended_before
+        ]
+        for sid in doomed:
+            del self._sessions[sid]
+        return doomed
+
     async def list_sessions(
         self,
         *,

@@ -150,6 +150,18 @@ class Storage(Protocol):
         """
         ...
 
+    async def prune_sessions(
+        self, *, ended_before: float, statuses: Collection[SessionStatus]
+    ) -> list[str]:
+        """Delete the sessions in ``statuses`` that ended before ``ended_before``.
+
+        Their operations go with them. One transaction: the status is checked as the
+        rows are deleted, so a session that changes state meanwhile is kept.
+
+        :return: the deleted sessions' ids.
+        """
+        ...
+
     # -- reads ----------------------------------------------------------------------
 
     async def get_session(self, session_id: str) -> SessionRecord | None:

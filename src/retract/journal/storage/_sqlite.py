@@ -435,6 +435,12 @@ class SQLiteStorage:
             sql.undo_progress(session_id, outcomes=outcomes, undone=undone, begin=begin, at=at)
         )
 
+    async def prune_sessions(
+        self, *, ended_before: float, statuses: Collection[SessionStatus]
+    ) -> list[str]:
+        """Delete ended sessions and their operations (see the Storage protocol)."""
+        return cast("list[str]", await self._write(sql.prune_sessions(ended_before, statuses)))
+
     # -- reads ----------------------------------------------------------------------
 
     async def get_session(self, session_id: str) -> SessionRecord | None:

@@ -94,6 +94,26 @@ def insert_session(session_id: str, context_json: str, owner: Owner, created_at:
     return insert
 
 
+def prune_sessions(ended_before: float, statuses: Collection[SessionStatus]) -> WriteFn:
+    """Delete ended sessions (operations cascade); the function returns their ids."""
+    marks = ", ".join("?" * len(statuses))
+    where = f"status IN ({marks}) AND COALESCE(completed_at, created_at) < ?"
+    params = [*(s.value for s in statuses), ended_before]
+    select = f"SELECT session_id FROM sessions WHERE {where}"  # noqa: S608  (placeholders only)
+    delete = f"DELETE FROM sessions WHERE {where}"  # noqa: S608
+
+    def prune(txn: Txn) -> list[str]:
+        if not statuses:
+            return []
+        txn.begin()
+        ids = [row[0] for row in txn.execute(select, params)]
+        txn.execute(delete, params)
+        txn.finished.update(ids)
+        return ids
+
+    return prune
+
+
 def update_session(
     session_id: str,
     *,

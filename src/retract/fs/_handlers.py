@@ -1,0 +1,218 @@
+"""The built-in undo handlers of ``session.fs`` operations, with drift checks.
+
+Before undo touches a path it compares it with the fingerprint the operation recorded.
+If it changed since (content, size, permission bits, kind, or something new in a place
+undo must fill), the drift policy decides: ``"refuse"`` (the default) raises
+:class:`~retract.DriftError` and touches nothing for that step, ``"skip"`` leaves it and
+marks the operation SKIPPED, ``"force"`` restores anyway. The policy is chosen per undo
+(``journal.undo_session(..., drift="skip")``, ``retract undo --drift skip``).
+
+Operations whose commit never reported (a crash, FAILED or IN_DOUBT) are resolved from
+the disk: a before-image is always kept *before* the change, so its presence tells
+whether the change can have happened.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._async import run_sync
+from .._errors import DriftError, UndoSkipped
+from ._durable import fsync_dir
+from ._fingerprint import drift
+from ._images import place_back
+from ._rename import rename_noreplace
+
+if TYPE_CHECKING:
+    from ..journal._records import OperationRecord
+    from ..journal._registry import OperationRegistry
+
+__all__ = ("DRIFT_POLICIES", "DriftPolicy", "drift_policy", "register_fs_handlers")
+
+logger = logging.getLogger("retract")
+
+DriftPolicy = Literal["refuse", "skip", "force"]
+DRIFT_POLICIES: tuple[DriftPolicy, ...] = ("refuse", "skip", "force")
+#: The policy of the undo running in this context (set by ``Journal.undo_session``).
+drift_policy: ContextVar[DriftPolicy] = ContextVar("retract_drift_policy", default="refuse")
+
+Payload = dict[str, Any]
+_NEVER = "the operation never took effect; nothing to undo"
+
+
+def _guard(policy: DriftPolicy, path: str, changes: list[str], what: str) -> None:
+    """Apply the drift policy to ``changes`` found at ``path``; return to go on."""
+    if not changes:
+        return
+    found = f"{path} changed after {what}: {'; '.join(changes)}"
+    if policy == "force":
+        logger.warning("%s; restoring anyway (drift='force')", found)
+        return
+    if policy == "skip":
+        raise UndoSkipped(f"{found}; left as it is (drift='skip')")
+    raise DriftError(
+        errno.ESTALE,
+        f"{found}. Undo refused and left it untouched. Inspect it, then undo again with "
+        "drift='force' (CLI: --drift force) to restore it anyway, or drift='skip' to "
+        "leave it as it is",
+        path,
+        changes,
+    )
+
+
+def _remove_any(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.lexists(a) and os.path.lexists(b) and os.path.samefile(a, b)
+
+
+def _sync(*paths: str) -> None:
+    for directory in dict.fromkeys(os.path.dirname(p) for p in paths):
+        if os.path.isdir(directory):
+            fsync_dir(directory)
+
+
+def undo_write(p: Payload, policy: DriftPolicy) -> str | None:
+    """Put the old file back (or remove the new one); the reason when nothing was done."""
+    target, image = p["path"], p["image"]
+    _remove_any(p["temp"])
+    if not p.get("committed"):
+        if os.path.lexists(image) and _same(target, image):
+            os.unlink(image)  # kept, but the replace never happened
+            return _NEVER
+        if not os.path.lexists(image) and (p["existed"] or not os.path.lexists(target)):
+            return _NEVER  # the image is kept before any replace: nothing was replaced
+        recorded, existed = p["new"], os.path.lexists(image)
+    else:
+        recorded, existed = p["after"], p["existed"]
+    _guard(policy, target, drift(recorded, target), "the write")
+    if existed:
+        place_back(image, target, replace=True, durable=True)
+    else:
+        _remove_any(target)
+        _sync(target)
+    return None
+
+
+def undo_move(p: Payload, policy: DriftPolicy) -> str | None:
+    """Move ``dst`` back to ``src`` and restore what the move replaced."""
+    src, dst, image = p["src"], p["dst"], p["image"]
+    if not p.get("committed") and os.path.lexists(src):
+        _restore_untouched(dst, image)
+        return _NEVER
+    _guard(policy, dst, drift(p["moved"], dst), "the move")
+    if os.path.lexists(src):
+        _guard(policy, src, ["something new exists at the source path"], "the move")
+        _remove_any(src)
+    if os.path.lexists(dst):
+        rename_noreplace(dst, src)
+    if os.path.lexists(image):
+        place_back(image, dst, replace=False, durable=True)
+    _sync(src, dst)
+    return None
+
+
+def _restore_untouched(dst: str, image: str) -> None:
+    """Undo the image-keeping step of a move or copy that never replaced ``dst``."""
+    if not os.path.lexists(image):
+        return
+    if _same(dst, image):
+        os.unlink(image)  # a hard link to the untouched file
+    elif not os.path.lexists(dst):
+        place_back(image, dst, replace=False, durable=True)  # moved aside, never replaced
+
+
+def undo_copy(p: Payload, policy: DriftPolicy) -> str | None:
+    """Remove the copy and restore what it replaced."""
+    dst, image = p["dst"], p["image"]
+    _remove_any(p["temp"])
+    if not p.get("committed"):
+        untouched = _same(dst, image) or not os.path.lexists(dst)
+        if untouched or (p["replaced"] and not os.path.lexists(image)):
+            _restore_untouched(dst, image)
+            return _NEVER
+    _guard(policy, dst, drift(p["copied"], dst), "the copy")
+    _remove_any(dst)
+    if os.path.lexists(image):
+        place_back(image, dst, replace=False, durable=True)
+    _sync(dst)
+    return None
+
+
+def undo_removal(p: Payload, policy: DriftPolicy) -> str | None:
+    """Put a deleted file or removed tree back from its before-image."""
+    path, image = p["path"], p["image"]
+    recorded = p.get("deleted") or p["removed"]
+    if not os.path.lexists(image):
+        if not p.get("committed"):
+            return _NEVER
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"cannot restore {path}: its before-image {image} is gone (was the session "
+            "pruned, or the image area removed?)",
+            image,
+        )
+    if os.path.lexists(path):
+        shallow = {key: value for key, value in recorded.items() if key != "tree"}
+        if not p.get("committed") and not drift(shallow, path):
+            _remove_any(image)  # a copy made across filesystems; the original stayed
+            return _NEVER
+        _guard(policy, path, ["something new exists at the path"], "the removal")
+    place_back(image, path, replace=policy == "force", durable=True)
+    return None
+
+
+def undo_mkdir(p: Payload, policy: DriftPolicy) -> str | None:
+    """Remove the directories the operation created, deepest first."""
+    created: list[str] = p["created"] if "created" in p else p["create"]
+    removed = False
+    for folder in reversed(created):
+        if not os.path.lexists(folder):
+            continue
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            _guard(policy, folder, ["it is no longer a directory"], "mkdir")
+        elif entries := os.listdir(folder):
+            _guard(policy, folder, [f"it is not empty ({len(entries)} entries)"], "mkdir")
+        _remove_any(folder)
+        removed = True
+    if removed:
+        _sync(*created)
+    return None if removed or p.get("committed") else _NEVER
+
+
+_HANDLERS: dict[str, Callable[[Payload, DriftPolicy], str | None]] = {
+    "fs.write": undo_write,
+    "fs.move": undo_move,
+    "fs.copy": undo_copy,
+    "fs.delete": undo_removal,
+    "fs.rmtree": undo_removal,
+    "fs.mkdir": undo_mkdir,
+}
+
+
+def _make_handler(fn: Callable[[Payload, DriftPolicy], str | None]) -> Callable[..., Any]:
+    async def handle(op: OperationRecord) -> None:
+        reason = await run_sync(fn, op.payload, drift_policy.get())
+        if reason is not None:
+            raise UndoSkipped(reason)
+
+    handle.__name__ = handle.__qualname__ = fn.__name__
+    handle.__doc__ = fn.__doc__
+    return handle
+
+
+def register_fs_handlers(registry: OperationRegistry) -> None:
+    """Register the undo handlers of every ``session.fs`` operation type."""
+    for op_type, fn in _HANDLERS.items():
+        registry.handler(op_type)(_make_handler(fn))

@@ -1,0 +1,147 @@
+"""Before-images: what a delete or an overwrite took away, kept so undo can put it back.
+
+Images live in the journal's image area, one folder per session
+(``<area>/<session id>/<operation id>``), and go when the session is pruned. Keeping an
+image is a rename (delete) or a hard link (overwrite, where the old file must stay in
+place until the atomic replace) when the area is on the file's filesystem, and a copy
+otherwise. Everything here is blocking.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+
+from ._durable import TempFile, discard_file, fsync_dir, install_file, open_temp, sync_tree
+from ._rename import rename_noreplace
+
+__all__ = ("keep_copy", "keep_moved", "place_back")
+
+
+def _prepare_slot(image: str, durable: bool) -> None:
+    folder = os.path.dirname(image)
+    if not os.path.isdir(folder):
+        os.makedirs(folder, exist_ok=True)
+        if durable:
+            fsync_dir(os.path.dirname(folder))
+
+
+def _copy_any(src: str, dst: str, durable: bool) -> None:
+    """Copy a file, symlink or tree with its metadata, synced when ``durable``."""
+    mode = os.lstat(src).st_mode
+    if stat.S_ISDIR(mode):
+        shutil.copytree(src, dst, symlinks=True)
+        if durable:
+            sync_tree(dst)
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), dst)
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+        if durable:
+            _fsync_file(dst)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def keep_moved(path: str, image: str, *, durable: bool) -> None:
+    """Move ``path`` away into ``image`` (rename; copy then remove across filesystems)."""
+    _prepare_slot(image, durable)
+    try:
+        rename_noreplace(path, image)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_any(path, image, durable)
+        if durable:
+            fsync_dir(os.path.dirname(image))
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    if durable:
+        fsync_dir(os.path.dirname(image))
+        fsync_dir(os.path.dirname(path))
+
+
+def keep_copy(path: str, image: str, *, durable: bool) -> None:
+    """Keep the current ``path`` as ``image`` without moving it (hard link, else copy)."""
+    _prepare_slot(image, durable)
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        _copy_any(path, image, durable)
+    else:
+        try:
+            os.link(path, image, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            _copy_any(path, image, durable)
+    if durable:
+        fsync_dir(os.path.dirname(image))
+
+
+def place_back(image: str, path: str, *, replace: bool, durable: bool) -> None:
+    """Put ``image`` back at ``path``; the image is consumed.
+
+    Atomic when both are on one filesystem (a rename); across filesystems a file comes
+    back through an atomic write and a tree through a copy into a temp folder.
+
+    :param replace: replace whatever is at ``path`` now (else FileExistsError).
+    """
+    directory = os.path.dirname(path)
+    is_dir = stat.S_ISDIR(os.lstat(image).st_mode)
+    try:
+        _rename_back(image, path, replace=replace, is_dir=is_dir)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_back(image, path, replace=replace, is_dir=is_dir, durable=durable)
+    if durable:
+        fsync_dir(directory)
+
+
+def _close(temp: TempFile) -> None:
+    fd, temp.fd = temp.fd, None
+    if fd is not None:
+        os.close(fd)
+
+
+def _rename_back(image: str, path: str, *, replace: bool, is_dir: bool) -> None:
+    if not replace or not os.path.lexists(path):
+        rename_noreplace(image, path)
+    elif is_dir or (os.path.isdir(path) and not os.path.islink(path)):
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        rename_noreplace(image, path)
+    else:
+        os.replace(image, path)
+
+
+def _copy_back(image: str, path: str, *, replace: bool, is_dir: bool, durable: bool) -> None:
+    if is_dir or stat.S_ISLNK(os.lstat(image).st_mode):
+        if os.path.lexists(path):
+            if not replace:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        _copy_any(image, path, durable)
+    else:
+        temp = open_temp(path, os.path.dirname(path))
+        try:
+            _close(temp)
+            shutil.copy2(image, temp.path)  # content, permission bits and times
+            if durable:
+                _fsync_file(temp.path)
+            install_file(temp, path, overwrite=replace)
+        except BaseException:
+            discard_file(temp)
+            raise
+    if os.path.isdir(image) and not os.path.islink(image):
+        shutil.rmtree(image)
+    else:
+        os.unlink(image)
