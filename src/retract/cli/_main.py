@@ -12,14 +12,17 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
 from .. import __version__
 from .._errors import RetractError
 from ..journal import SessionStatus
+from ..journal._records import TERMINAL_STATUSES
 from . import _commands
 from ._app import AppLoadError, parse_app
 from ._console import DB_ENV, CliError, Console, ExitCode, journal_path
 from ._demo import demo
+from ._maintenance import parse_age, prune, sweep
 from ._undo import UndoOptions, undo
 
 __all__ = ("build_parser", "main")
@@ -47,6 +50,9 @@ examples:
   retract --db history.db show 3f2a          a unique prefix of the id is enough
   retract --db history.db undo 3f2a --app myapp.undo:registry --dry-run
   RETRACT_DB=history.db retract undo 3f2a --app handlers.py:registry --yes
+  retract --db history.db undo 3f2a --drift skip   leave files changed since untouched
+  retract --db history.db prune --older-than 30d --yes
+  retract sweep /srv/data --recursive        remove temps of killed writers
 
 JSON output (--json) and every option: see docs/cli.md.
 """
@@ -110,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_app,
         metavar="MODULE:ATTR",
         help="the undo handlers: an OperationRegistry (or a function returning one) as "
-        "module:attr or path/to/file.py:attr; default: the built-in handlers only",
+        "module:attr or path/to/file.py:attr; added to (and overriding) the built-in "
+        "session.fs handlers",
     )
     undo_cmd.add_argument(
         "--dry-run", action="store_true", help="print what would be undone; change nothing"
@@ -125,8 +132,50 @@ def build_parser() -> argparse.ArgumentParser:
         default="stop",
         help="when a handler fails: stop there (default), or continue with the rest",
     )
+    undo_cmd.add_argument(
+        "--drift",
+        choices=("refuse", "skip", "force"),
+        default="refuse",
+        help="a file changed since its session.fs operation: refuse to undo that step "
+        "(default), skip it, or force the restore",
+    )
 
     command("recover", "mark sessions whose process died as interrupted, and list them")
+
+    prune_cmd = command(
+        "prune", "delete ended sessions older than an age, with their before-images"
+    )
+    prune_cmd.add_argument(
+        "--older-than",
+        type=_age,
+        required=True,
+        metavar="AGE",
+        help="how long ago the sessions ended: 30d, 12h, 15m, 90s, 2w (or seconds)",
+    )
+    prune_cmd.add_argument(
+        "--status",
+        action="append",
+        choices=sorted(s.value for s in TERMINAL_STATUSES),
+        metavar="S",
+        help="only sessions with status S (repeatable); default: every ended status",
+    )
+    prune_cmd.add_argument(
+        "--dry-run", action="store_true", help="list what would be pruned; change nothing"
+    )
+    prune_cmd.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    sweep_cmd = command("sweep", "remove temp files and folders left by killed writers")
+    sweep_cmd.add_argument("directory", metavar="DIR", help="the directory to clean")
+    sweep_cmd.add_argument(
+        "-r", "--recursive", action="store_true", help="also clean its subdirectories"
+    )
+    sweep_cmd.add_argument(
+        "--min-age",
+        type=_age,
+        metavar="AGE",
+        help="also remove temps older than AGE whose pid looks alive (pid reuse, other "
+        "hosts); never shorter than your longest write",
+    )
 
     demo_cmd = command(
         "demo", "journal some file changes in a temp directory, undo them, verify", json=False
@@ -168,6 +217,10 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     command: str = args.command
     if command == "demo":
         return asyncio.run(demo(console, args.db, keep=args.keep))
+    if command == "sweep":
+        return asyncio.run(
+            sweep(console, args.directory, recursive=args.recursive, min_age=args.min_age)
+        )
     name = {"list-sessions": "sessions", "show-session": "show"}.get(command, command)
     path = journal_path(args.db, command=name)
     if name == "sessions":
@@ -177,8 +230,24 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return asyncio.run(_commands.show(console, path, args.session_id))
     if name == "recover":
         return asyncio.run(_commands.recover(console, path))
+    if name == "prune":
+        return asyncio.run(
+            prune(
+                console,
+                path,
+                older_than=args.older_than,
+                statuses=args.status,
+                dry_run=args.dry_run,
+                yes=args.yes,
+            )
+        )
     options = UndoOptions(
-        args.session_id, args.app, dry_run=args.dry_run, yes=args.yes, on_error=args.on_error
+        args.session_id,
+        args.app,
+        dry_run=args.dry_run,
+        yes=args.yes,
+        on_error=args.on_error,
+        drift=args.drift,
     )
     return undo(console, path, options)
 
@@ -190,6 +259,13 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # no real file descriptor (e.g. captured in tests)
         pass
+
+
+def _age(text: str) -> timedelta:
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count(text: str) -> int:

@@ -17,6 +17,7 @@ from .._errors import (
     UndoFailedError,
     UnknownOperationTypeError,
 )
+from ..fs._handlers import DriftPolicy
 from ..journal import OperationRecord, OperationRegistry, UndoPlan, UndoReport, open_journal
 from . import _json, _render
 from ._app import AppSpec, load_target, resolve_registry
@@ -39,6 +40,7 @@ class UndoOptions:
     dry_run: bool = False
     yes: bool = False
     on_error: Literal["stop", "continue"] = "stop"
+    drift: DriftPolicy = "refuse"
 
 
 def undo(console: Console, path: str, options: UndoOptions) -> int:
@@ -80,11 +82,9 @@ def undo(console: Console, path: str, options: UndoOptions) -> int:
 async def _plan(
     path: str, options: UndoOptions, target: object
 ) -> tuple[UndoPlan, OperationRegistry]:
-    registry = (
-        await resolve_registry(options.app, target)
-        if options.app is not None
-        else OperationRegistry()
-    )
+    registry = OperationRegistry()  # the built-in handlers, unless --app replaces them
+    if options.app is not None:
+        registry.update(await resolve_registry(options.app, target))
     async with open_journal(path, create=False) as journal:
         full_id = await journal.resolve_session_id(options.session_id)
         return await journal.plan_undo(full_id, registry), registry
@@ -121,7 +121,7 @@ async def _undo(
     async with open_journal(path, registry=registry, create=False) as journal:
         try:
             report = await journal.undo_session(
-                full_id, registry, on_error=options.on_error, progress=bar
+                full_id, registry, on_error=options.on_error, progress=bar, drift=options.drift
             )
         except (UndoFailedError, UndoErrorGroup) as exc:
             code = ExitCode.PARTIAL
