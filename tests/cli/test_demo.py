@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from retract import OperationRecord, OperationState, UndoSkipped
 from retract.cli import _demo_files as files
 
 from .conftest import Cli
@@ -38,11 +36,11 @@ def test_demo_restores_every_file(cli: Cli) -> None:
 def test_demo_output_walks_through_each_stage(cli: Cli) -> None:
     """The output shows the steps, the journal as ``show`` prints it, and the undo report."""
     out = cli("demo").out
-    for text in ("demo.write", "demo.move", "demo.delete", "demo.create"):
+    for text in ("fs.write", "fs.mkdir", "fs.move", "fs.delete"):
         assert text in out
-    assert "operations (4, in order):" in out
+    assert "operations (5, in order):" in out
     assert "rolled back" in out
-    assert "4 undone, 0 skipped, 0 failed; 0 left to undo" in out
+    assert "5 undone, 0 skipped, 0 failed; 0 left to undo" in out
     assert "archive/notes.txt" in out
     assert "new" in out
     assert "gone" in out
@@ -108,38 +106,17 @@ def test_console_script_runs_the_demo(tmp_path: Path) -> None:
     assert "restored: yes" in done.stdout
 
 
-def _op(op_type: str, payload: dict[str, object]) -> OperationRecord:
-    return OperationRecord("op", "sid", 1, op_type, payload, None, OperationState.IN_DOUBT)  # type: ignore[arg-type]
-
-
-def test_handlers_skip_changes_that_never_happened(tmp_path: Path) -> None:
-    """In-doubt operations whose effect never happened are skipped, not failed."""
-    files.seed(tmp_path)
-    registry = files.make_registry(tmp_path)
-    cases = [
-        _op("demo.write", {"path": "files/config.json", "backup": "b/none"}),
-        _op("demo.move", {"src": "files/notes.txt", "dst": "files/x/n", "make_dirs": []}),
-        _op("demo.delete", {"path": "files/old.log", "backup": "b/none"}),
-        _op("demo.create", {"path": "files/never.txt"}),
-    ]
-    for op in cases:
-        with pytest.raises(UndoSkipped):
-            asyncio.run(registry.run(op))
-    assert files.snapshot(tmp_path / files.FILES_DIR)["config.json"] == files.SEED["config.json"]
-
-
-def test_move_undo_removes_the_directory_it_made(tmp_path: Path) -> None:
-    """Undoing the move puts the file back and removes the directory the move created."""
-    files.seed(tmp_path)
-    before = files.snapshot(tmp_path / files.FILES_DIR)
-    made = files.missing_dirs(tmp_path, "files/a/b/notes.txt")
-    assert made == ["files/a", "files/a/b"]
-    files.move_file(tmp_path, "files/notes.txt", "files/a/b/notes.txt", made)
-    op = _op(
-        "demo.move", {"src": "files/notes.txt", "dst": "files/a/b/notes.txt", "make_dirs": made}
-    )
-    asyncio.run(files.make_registry(tmp_path).run(op))
-    assert files.snapshot(tmp_path / files.FILES_DIR) == before
+def test_demo_leaves_no_before_images_or_temps(cli: Cli) -> None:
+    """After the undo, the image area holds no files and the work tree no temps."""
+    result = cli("demo", "--keep")
+    root = _kept(result.out)
+    try:
+        images = root / "journal.db.images"
+        leftovers = [p for p in images.rglob("*") if not p.is_dir()] if images.exists() else []
+        assert leftovers == []
+        assert list((root / files.FILES_DIR).rglob(".*")) == []
+    finally:
+        shutil.rmtree(root)
 
 
 def test_tree_marks_changes() -> None:

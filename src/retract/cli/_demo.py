@@ -6,8 +6,11 @@ directory (removed afterwards unless ``--keep``)::
 
     retract-demo-XXXX/
         journal.db              the journal (unless --db says otherwise)
+        journal.db.images/      before-images that session.fs keeps for undo
         files/                  the files the session changes
-        .retract-demo-backup/   before-images that the undo handlers restore
+
+The changes are ``session.fs`` operations, undone by the built-in handlers: the demo
+shows what a newcomer's own script would do.
 """
 
 from __future__ import annotations
@@ -58,11 +61,11 @@ async def _run(console: Console, root: Path, db: str) -> int:
     say("1. The files before the session (size, first 8 hex digits of their sha256):")
     _indent(console, files.tree(before))
 
-    registry = files.make_registry(root)
-    async with open_journal(db, registry=registry) as journal:
-        say("\n2. One session changes them. Each change is a step: its intent is journaled")
-        say("   before the change happens, so even a crash halfway leaves an undoable record.")
-        session_id = await _change_files(console, journal, root)
+    async with open_journal(db) as journal:
+        say("\n2. One session changes them through session.fs. Each change journals its")
+        say("   intent before it happens, so even a crash halfway leaves an undoable record;")
+        say("   overwritten and deleted files are kept as before-images until a prune.")
+        session_id = await _change_files(console, journal, work)
         during = await run_sync(files.snapshot, work)
         say("\n   The files after the session:")
         _indent(console, files.tree(during, before))
@@ -73,7 +76,8 @@ async def _run(console: Console, root: Path, db: str) -> int:
         assert session is not None  # noqa: S101  (we just wrote it)
         _indent(console, _render.session_detail(session, operations, _width(console)).split("\n"))
 
-        say(f"\n4. Undo it (`retract undo {session_id[:8]}`): handlers run newest step first.")
+        say(f"\n4. Undo it (`retract undo {session_id[:8]}`): newest operation first, each")
+        say("   checked for drift (a file changed since is refused, not clobbered).")
         plan = await journal.plan_undo(session_id)
         report = await _undo(journal, session_id)
         now = {op.op_id: op for op in await journal.get_operations(session_id)}
@@ -90,38 +94,27 @@ async def _run(console: Console, root: Path, db: str) -> int:
         say(f"\nrestored: NO ({', '.join(differences)} differ from before the session)")
         return ExitCode.FAILURE
     say("\nrestored: yes (every file and folder is byte for byte as before the session)")
-    say("\nNext: journal your own code's side effects with `session.step(...)`, register")
-    say("undo handlers, and undo with `retract --db PATH undo ID --app module:registry`.")
-    say("See docs/cli.md for every command.")
+    say("\nNext: use `session.fs` in your own code, journal other side effects with")
+    say("`session.step(...)` and your own undo handlers, and undo with")
+    say("`retract --db PATH undo ID`. See docs/fs.md and docs/cli.md.")
     return ExitCode.OK
 
 
-async def _change_files(console: Console, journal: Journal, root: Path) -> str:
-    """The one session: four steps, each journaled before its change (intent first)."""
-    backup = files.BACKUP_DIR
-    work = files.FILES_DIR
-    config, notes, log = f"{work}/config.json", f"{work}/notes.txt", f"{work}/old.log"
-    archived, summary = f"{work}/archive/notes.txt", f"{work}/data/summary.txt"
-    async with journal.start_session(command="retract demo", directory=str(root)) as session:
-        payload = {"path": config, "backup": f"{backup}/1-config.json"}
-        async with session.step("demo.write", payload):
-            await run_sync(files.edit_file, root, config, payload["backup"], _CONFIG)
-        _step(console, 1, "demo.write", "edit config.json (its old content kept as a backup)")
-
-        made = await run_sync(files.missing_dirs, root, archived)
-        async with session.step("demo.move", {"src": notes, "dst": archived, "make_dirs": made}):
-            await run_sync(files.move_file, root, notes, archived, made)
-        _step(console, 2, "demo.move", "move notes.txt into archive/")
-
-        payload = {"path": log, "backup": f"{backup}/3-old.log"}
-        async with session.step("demo.delete", payload):
-            await run_sync(files.delete_file, root, log, payload["backup"])
-        _step(console, 3, "demo.delete", f"delete old.log (kept in {backup}/ for undo)")
-
+async def _change_files(console: Console, journal: Journal, work: Path) -> str:
+    """The one session: five reversible file operations."""
+    async with journal.start_session(command="retract demo", directory=str(work)) as session:
+        await session.fs.write_bytes(work / "config.json", _CONFIG, durable=False)
+        _step(console, 1, "fs.write", "rewrite config.json (the old file kept for undo)")
+        await session.fs.mkdir(work / "archive", durable=False)
+        _step(console, 2, "fs.mkdir", "create archive/")
+        await session.fs.move(work / "notes.txt", work / "archive" / "notes.txt", durable=False)
+        _step(console, 3, "fs.move", "move notes.txt into archive/")
+        await session.fs.delete(work / "old.log", durable=False)
+        _step(console, 4, "fs.delete", "delete old.log (kept as a before-image until a prune)")
         visits = sum(int(line.split(b",")[1]) for line in files.SEED["data/report.csv"].split()[1:])
-        async with session.step("demo.create", {"path": summary}):
-            await run_sync(files.create_file, root, summary, b"visits: %d\n" % visits)
-        _step(console, 4, "demo.create", "create data/summary.txt")
+        summary = f"visits: {visits}\n"
+        await session.fs.write_text(work / "data" / "summary.txt", summary, durable=False)
+        _step(console, 5, "fs.write", "create data/summary.txt")
     return session.session_id
 
 
@@ -136,7 +129,7 @@ async def _undo(journal: Journal, session_id: str) -> UndoReport:
 
 
 def _step(console: Console, number: int, op_type: str, what: str) -> None:
-    console.print(f"   step {number}  {op_type:<11}  {what}")
+    console.print(f"   step {number}  {op_type:<9}  {what}")
 
 
 def _indent(console: Console, lines: list[str]) -> None:

@@ -54,6 +54,27 @@ def compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def describe(op: OperationRecord) -> str:
+    """A ``session.fs`` operation in words (its paths); any other payload as JSON.
+
+    ``--json`` output always carries the whole payload.
+    """
+    p = op.payload
+    try:
+        if op.op_type == "fs.write":
+            how = "replaced; old kept" if p.get("existed") else "new file"
+            return f"{p['path']} ({how})"
+        if op.op_type in ("fs.move", "fs.copy"):
+            return f"{p['src']} -> {p['dst']}" + (" (replaced; old kept)" if p["replaced"] else "")
+        if op.op_type == "fs.delete":
+            return f"{p['path']} (kept until pruned)"
+        if op.op_type in ("fs.rmtree", "fs.mkdir"):
+            return f"{p['path']}/"
+    except (KeyError, TypeError):
+        pass  # someone else's operation under an fs.* name: show it as it is
+    return compact(p)
+
+
 def context_summary(context: Mapping[str, Any]) -> str:
     """``script=deploy.py args=["--force"]``: strings bare, everything else as JSON."""
     parts = [
@@ -116,7 +137,7 @@ def operations_table(operations: Sequence[OperationRecord], width: int | None) -
             str(op.sequence),
             op.state.value,
             op.op_type,
-            compact(op.payload) + (f"  error: {op.error}" if op.error else ""),
+            describe(op) + (f"  error: {op.error}" if op.error else ""),
         )
         for op in operations
     ]
