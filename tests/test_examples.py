@@ -41,6 +41,23 @@ def test_undo_on_error_rolls_back_all_three_steps() -> None:
     assert "accounts {} | files [] | outbox []" in out
 
 
+def test_atomic_config_keeps_old_content_on_failure() -> None:
+    """The atomic rewrite refuses a clobber, keeps the mode, and survives a failed block."""
+    out = run("atomic_config.py")
+    assert "1. second write refused: FileAlreadyExistsError" in out
+    assert "2. rewritten, mode kept: 0o640" in out
+    assert "config still: {'mode': 'release', 'workers': 4}" in out
+    assert "files in the directory: ['config.json']" in out
+
+
+def test_fs_session_undo_restores_the_tree() -> None:
+    """Every session.fs change is undone and the tree matches, permission bits included."""
+    out = run("fs_session.py")
+    assert "undo: rolled_back, 6 operations undone" in out
+    assert "restored byte for byte, modes included: True" in out
+    assert "deploy.sh mode: 0o755" in out
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_is_covered(example: str) -> None:
     """Each example file has a test in this module (so none can rot unnoticed)."""
