@@ -23,9 +23,13 @@ __all__ = ("keep_copy", "keep_moved", "place_back")
 def _prepare_slot(image: str, durable: bool) -> None:
     folder = os.path.dirname(image)
     if not os.path.isdir(folder):
+        area = os.path.dirname(folder)
+        new_area = not os.path.isdir(area)
         os.makedirs(folder, exist_ok=True)
         if durable:
-            fsync_dir(os.path.dirname(folder))
+            fsync_dir(area)
+            if new_area:
+                fsync_dir(os.path.dirname(area))
 
 
 def _copy_any(src: str, dst: str, durable: bool) -> None:

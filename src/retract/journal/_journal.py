@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Collection
 from datetime import datetime, timedelta
@@ -128,7 +129,9 @@ class Journal:
         """The folder where ``session.fs`` keeps before-images (made on first use)."""
         if self._images_dir is None:
             if self._in_memory():
-                self._images_dir = Path(tempfile.mkdtemp(prefix="retract-images-"))
+                # Only named here; the first before-image creates it (in a worker thread).
+                unique = f"retract-images-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+                self._images_dir = Path(tempfile.gettempdir(), unique)
                 self._own_images = True
             else:
                 self._images_dir = Path(self.storage.location + ".images").absolute()
