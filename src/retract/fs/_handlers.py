@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .._async import run_sync
 from .._errors import DriftError, UndoSkipped
 from ._durable import fsync_dir
-from ._fingerprint import drift
+from ._fingerprint import drift, fingerprint
 from ._images import place_back
 from ._rename import rename_noreplace
 
@@ -74,7 +74,22 @@ def _remove_any(path: str) -> None:
 
 
 def _same(a: str, b: str) -> bool:
-    return os.path.lexists(a) and os.path.lexists(b) and os.path.samefile(a, b)
+    """Whether ``a`` and ``b`` are one entry (hard links); symlinks are not followed."""
+    try:
+        first, second = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _matches(image: str, path: str) -> bool:
+    """Whether ``path`` holds what the before-image holds (kind, bits, bytes or tree).
+
+    Then undo has nothing to restore: the change never happened (the image is a link or
+    a copy across filesystems of the untouched original) or it changed nothing.
+    """
+    kept = fingerprint(image)
+    return kept is not None and not drift(kept, path)
 
 
 def _sync(*paths: str) -> None:
@@ -88,8 +103,8 @@ def undo_write(p: Payload, policy: DriftPolicy) -> str | None:
     target, image = p["path"], p["image"]
     _remove_any(p["temp"])
     if not p.get("committed"):
-        if os.path.lexists(image) and _same(target, image):
-            os.unlink(image)  # kept, but the replace never happened
+        if os.path.lexists(image) and (_same(target, image) or _matches(image, target)):
+            _remove_any(image)  # kept (linked or copied), but the file is as it was
             return _NEVER
         if not os.path.lexists(image) and (p["existed"] or not os.path.lexists(target)):
             return _NEVER  # the image is kept before any replace: nothing was replaced
@@ -109,7 +124,7 @@ def undo_move(p: Payload, policy: DriftPolicy) -> str | None:
     """Move ``dst`` back to ``src`` and restore what the move replaced."""
     src, dst, image = p["src"], p["dst"], p["image"]
     if not p.get("committed") and os.path.lexists(src):
-        _restore_untouched(dst, image)
+        _restore_untouched(dst, image, policy)
         return _NEVER
     _guard(policy, dst, drift(p["moved"], dst), "the move")
     if os.path.lexists(src):
@@ -123,14 +138,20 @@ def undo_move(p: Payload, policy: DriftPolicy) -> str | None:
     return None
 
 
-def _restore_untouched(dst: str, image: str) -> None:
+def _restore_untouched(dst: str, image: str, policy: DriftPolicy) -> None:
     """Undo the image-keeping step of a move or copy that never replaced ``dst``."""
     if not os.path.lexists(image):
         return
-    if _same(dst, image):
-        os.unlink(image)  # a hard link to the untouched file
-    elif not os.path.lexists(dst):
+    if not os.path.lexists(dst):
         place_back(image, dst, replace=False, durable=True)  # moved aside, never replaced
+    elif _same(dst, image) or _matches(image, dst):
+        _remove_any(image)  # a link or a copy of the untouched dst
+    else:
+        # The image is whole (it is made under a temp name), so dst either lost part of
+        # itself when its removal across filesystems was cut short, or changed since.
+        changes = ["it differs from the before-image kept of it (a removal cut short?)"]
+        _guard(policy, dst, changes, "the operation")
+        place_back(image, dst, replace=True, durable=True)
 
 
 def undo_copy(p: Payload, policy: DriftPolicy) -> str | None:
@@ -138,9 +159,12 @@ def undo_copy(p: Payload, policy: DriftPolicy) -> str | None:
     dst, image = p["dst"], p["image"]
     _remove_any(p["temp"])
     if not p.get("committed"):
-        untouched = _same(dst, image) or not os.path.lexists(dst)
-        if untouched or (p["replaced"] and not os.path.lexists(image)):
-            _restore_untouched(dst, image)
+        kept = os.path.lexists(image)
+        untouched = not os.path.lexists(dst) or (
+            kept and (_same(dst, image) or _matches(image, dst))
+        )
+        if untouched or (p["replaced"] and not kept):
+            _restore_untouched(dst, image, policy)
             return _NEVER
     _guard(policy, dst, drift(p["copied"], dst), "the copy")
     _remove_any(dst)
@@ -164,11 +188,13 @@ def undo_removal(p: Payload, policy: DriftPolicy) -> str | None:
             image,
         )
     if os.path.lexists(path):
-        shallow = {key: value for key, value in recorded.items() if key != "tree"}
-        if not p.get("committed") and not drift(shallow, path):
+        if not p.get("committed") and _matches(image, path):
             _remove_any(image)  # a copy made across filesystems; the original stayed
             return _NEVER
-        _guard(policy, path, ["something new exists at the path"], "the removal")
+        # Not committed: the original may have been partly removed after its (whole)
+        # image was copied across filesystems; say what differs.
+        changes = [] if p.get("committed") else drift(recorded, path)
+        _guard(policy, path, changes or ["something new exists at the path"], "the removal")
     place_back(image, path, replace=policy == "force", durable=True)
     return None
 

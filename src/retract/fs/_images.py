@@ -55,6 +55,25 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def _copy_in(path: str, image: str, durable: bool) -> None:
+    """Copy ``path`` to ``image`` through a temp name, so an image that exists is whole.
+
+    Undo relies on it: a copy cut short must never pass for the before-image (the
+    original may already be partly removed). A leftover temp goes with the session's
+    image folder when it is pruned.
+    """
+    partial = image + ".partial"
+    try:
+        _copy_any(path, partial, durable)
+        os.rename(partial, image)
+    except BaseException:
+        if os.path.isdir(partial) and not os.path.islink(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+        elif os.path.lexists(partial):
+            os.unlink(partial)
+        raise
+
+
 def keep_moved(path: str, image: str, *, durable: bool) -> None:
     """Move ``path`` away into ``image`` (rename; copy then remove across filesystems)."""
     _prepare_slot(image, durable)
@@ -63,7 +82,7 @@ def keep_moved(path: str, image: str, *, durable: bool) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        _copy_any(path, image, durable)
+        _copy_in(path, image, durable)
         if durable:
             fsync_dir(os.path.dirname(image))
         if os.path.isdir(path) and not os.path.islink(path):
@@ -79,14 +98,14 @@ def keep_copy(path: str, image: str, *, durable: bool) -> None:
     """Keep the current ``path`` as ``image`` without moving it (hard link, else copy)."""
     _prepare_slot(image, durable)
     if stat.S_ISDIR(os.lstat(path).st_mode):
-        _copy_any(path, image, durable)
+        _copy_in(path, image, durable)
     else:
         try:
             os.link(path, image, follow_symlinks=False)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
-            _copy_any(path, image, durable)
+            _copy_in(path, image, durable)
     if durable:
         fsync_dir(os.path.dirname(image))
 

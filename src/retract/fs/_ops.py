@@ -33,7 +33,7 @@ from ._durable import (
     write_all,
 )
 from ._fingerprint import fingerprint, hash_bytes
-from ._images import keep_copy, keep_moved
+from ._images import keep_copy, keep_moved, place_back
 from ._names import temp_name
 from ._rename import rename_noreplace
 
@@ -63,6 +63,14 @@ def _lstat(path: str, what: str) -> os.stat_result:
         raise _missing(path, what) from None
 
 
+def _same_entry(st: os.stat_result, path: str) -> bool:
+    # lstat, not samefile(): a dst symlink pointing at src (or dangling) is a different
+    # entry that the move may replace; the same inode (a hard link) would make the
+    # rename a silent no-op.
+    other = os.lstat(path)
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
+
+
 def _is_dir(st: os.stat_result) -> bool:
     return stat.S_ISDIR(st.st_mode)
 
@@ -78,6 +86,25 @@ def _remove_any(path: str) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+def _real(path: str) -> str:
+    """``path`` with its directory's symlinks resolved (the last component kept)."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _swap_kept(dst: str, image: str, durable: bool, rename: Callable[[], None]) -> None:
+    """Move ``dst`` away into its image, then ``rename`` the new entry onto it.
+
+    If the rename fails, ``dst`` is put back at once: a failed operation must not leave
+    the path empty until someone runs undo.
+    """
+    keep_moved(dst, image, durable=durable)
+    try:
+        rename()
+    except BaseException:
+        place_back(image, dst, replace=False, durable=durable)
+        raise
 
 
 def _abandon_temp(payload: Payload) -> None:
@@ -164,8 +191,13 @@ def move_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
         replaced = os.path.lexists(dst)
         if replaced and not overwrite:
             raise already_exists(dst)
-        if replaced and os.path.samefile(src, dst):
+        if replaced and _same_entry(st, dst):
             raise ValueError(f"cannot move {src} onto itself ({dst})")
+        real_src, real_dst = _real(src), _real(dst)
+        if real_dst.startswith(real_src + os.sep):
+            raise ValueError(f"cannot move {src} into itself ({dst} is inside it)")
+        if replaced and real_src.startswith(real_dst + os.sep):
+            raise ValueError(f"cannot move {src} over {dst}, which contains it")
         moved = fingerprint(src)
         return {"src": src, "dst": dst, "image": image, "replaced": replaced, "moved": moved}
 
@@ -177,8 +209,7 @@ def move_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
             elif not overwrite:
                 raise already_exists(dst)
             elif _is_dir(os.lstat(dst)) or _is_dir(os.lstat(src)):
-                keep_moved(dst, image, durable=durable)
-                rename_noreplace(src, dst)
+                _swap_kept(dst, image, durable, lambda: rename_noreplace(src, dst))
             else:
                 keep_copy(dst, image, durable=durable)
                 os.replace(src, dst)
@@ -203,6 +234,9 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
         if replaced and not overwrite:
             raise already_exists(dst)
         directory = os.path.dirname(dst)
+        if not os.path.isdir(directory):
+            # Checked first: copytree() would create the missing parents, unjournaled.
+            raise _missing(directory, f"copy {src} into")
         if _is_dir(st):
             temp = os.path.join(directory, temp_name(os.path.basename(dst)))
             try:
@@ -218,8 +252,6 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
                 discard_folder(temp)
                 raise
         else:
-            if not os.path.isdir(directory):
-                raise _missing(directory, f"copy {src} into")
             handle = open_temp(dst, directory)
             temp = handle.path
             try:
@@ -251,8 +283,7 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
             elif not overwrite:
                 raise already_exists(dst)
             elif _is_dir(os.lstat(dst)) or os.path.isdir(temp):
-                keep_moved(dst, image, durable=durable)
-                rename_noreplace(temp, dst)
+                _swap_kept(dst, image, durable, lambda: rename_noreplace(temp, dst))
             else:
                 keep_copy(dst, image, durable=durable)
                 os.replace(temp, dst)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,6 +38,9 @@ from .storage._sqlite import SQLiteStorage
 from .storage._sqlite_schema import Synchronous
 
 __all__ = ("Journal", "open_journal")
+
+#: The names of session image folders (session ids are UUID strings).
+_SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Journal:
@@ -361,21 +366,41 @@ class Journal:
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
         if seconds < 0:
             raise ValueError(f"older_than must not be negative, not {older_than!r}")
-        wanted = TERMINAL_STATUSES if statuses is None else {SessionStatus(s) for s in statuses}
+        if isinstance(statuses, str):
+            statuses = [statuses]  # one name, not a collection of one-letter names
+        try:
+            wanted = TERMINAL_STATUSES if statuses is None else {SessionStatus(s) for s in statuses}
+        except ValueError:
+            known = ", ".join(sorted(s.value for s in TERMINAL_STATUSES))
+            raise ValueError(f"unknown session status in {statuses!r}; use {known}") from None
         if not wanted <= TERMINAL_STATUSES:
             live = ", ".join(sorted(s.value for s in wanted - TERMINAL_STATUSES))
             raise ValueError(f"sessions that are {live} have not ended and cannot be pruned")
         cutoff = datetime.now().timestamp() - seconds
-        pruned = await shielded(self.storage.prune_sessions(ended_before=cutoff, statuses=wanted))
+        write = asyncio.ensure_future(
+            self.storage.prune_sessions(ended_before=cutoff, statuses=wanted)
+        )
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            pruned = await shielded(write)
+        except asyncio.CancelledError as exc:
+            if write.cancelled() or write.exception() is not None:
+                raise
+            # The rows are gone: their images must go too before the cancellation.
+            pruned, cancelled = write.result(), exc
         temporary = self._images_dir is None and self._in_memory()
         if not temporary:
             images = self.images_dir
             await run_sync(_remove_images, images, pruned)
+            if cancelled is not None:
+                raise cancelled
             for name in await run_sync(_image_folders, images):
                 # A folder whose session is gone: left by a prune that died before it
-                # removed the images.
-                if await self.storage.get_session(name) is None:
+                # removed the images. Only session-id names: the area may be shared.
+                if _SESSION_ID.fullmatch(name) and await self.storage.get_session(name) is None:
                     await run_sync(_remove_images, images, [name])
+        if cancelled is not None:
+            raise cancelled
         return pruned
 
     # -- recovery -------------------------------------------------------------------
