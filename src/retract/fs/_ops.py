@@ -215,6 +215,10 @@ def move_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
                 os.replace(src, dst)
         except FileExistsError:
             raise already_exists(dst) from None
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:  # bind mounts of one filesystem share st_dev
+                raise cross_device(src, dst) from None
+            raise
         facts = {"committed": True, "replaced": replaced}
         _sync_with_facts(facts, lambda: _sync_dirs(durable, dst, src, dst))
         return facts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from ..journal._session import Session
 
 __all__ = ("SessionFs",)
+
+logger = logging.getLogger("retract")
 
 StrPath = str | os.PathLike[str]
 
@@ -204,8 +207,8 @@ class SessionFs:
         try:
             await run_sync(lambda: prepared.append(op.prepare()))
         except BaseException:
-            if prepared and prepared[0] is not None and op.abandon is not None:
-                await run_sync(op.abandon, prepared[0])
+            if prepared and prepared[0] is not None:
+                await _abandon(op, prepared[0])
             raise
         payload = prepared[0]
         if payload is None:
@@ -225,8 +228,22 @@ class SessionFs:
                     late = exc  # the change is complete: journal DONE, then raise
                 step.update(facts[0])
         except BaseException:
-            if not facts and op.abandon is not None:
-                await run_sync(op.abandon, payload)
+            if not facts:
+                await _abandon(op, payload)
             raise
         if late is not None:
             raise late
+
+
+async def _abandon(op: FsOp, payload: dict[str, Any]) -> None:
+    """Remove what a prepared operation left (its temp); never hides the real error."""
+    if op.abandon is None:
+        return
+    try:
+        await run_sync(op.abandon, payload)
+    except Exception:
+        logger.warning(
+            "could not remove the temp of an abandoned %s; `retract sweep` will",
+            op.op_type,
+            exc_info=True,
+        )
