@@ -197,3 +197,22 @@ def test_sweep_of_a_missing_directory_fails(cli: Cli, tmp_path: Path) -> None:
     result = cli("sweep", str(tmp_path / "missing"))
     assert result.code == 1
     assert "not a directory" in result.err
+
+
+def test_prune_finds_a_custom_image_area(cli: Cli, db: Path, tmp_path: Path) -> None:
+    """``--images-dir`` points prune at an image area given as ``images_dir=``."""
+    target = tmp_path / "file.txt"
+    target.write_text("old")
+    area = tmp_path / "elsewhere"
+
+    async def write() -> str:
+        async with open_journal(db, images_dir=area) as journal:
+            async with journal.start_session() as session:
+                await session.fs.write_text(target, "new")
+            return session.session_id
+
+    session_id = asyncio.run(write())
+    assert (area / session_id).is_dir()
+    args = ("--db", str(db), "prune", "--older-than", "0", "--yes")
+    assert cli(*args, "--images-dir", str(area)).code == 0
+    assert not (area / session_id).exists()

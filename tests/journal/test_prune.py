@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from retract import (
     OperationRegistry,
     SessionNotFoundError,
     SessionStatus,
+    SQLiteStorage,
 )
 from retract.journal import _session, _undo
 from retract.journal._owner import current_owner
@@ -97,6 +98,28 @@ async def test_older_than_accepts_a_timedelta(
         old = await completed(journal, tmp_path, "old")
     assert await journal.prune(timedelta(hours=4)) == []
     assert await journal.prune(timedelta(hours=2)) == [old]
+
+
+async def test_older_than_accepts_a_cutoff_datetime(
+    journal: Journal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A datetime prunes the sessions that ended before that instant."""
+    with hours_ago(monkeypatch, 3):
+        old = await completed(journal, tmp_path, "old")
+    now = datetime.now(UTC)
+    assert await journal.prune(now - timedelta(hours=4)) == []
+    assert await journal.prune(now - timedelta(hours=2)) == [old]
+
+
+async def test_a_given_image_area_keeps_unknown_folders(tmp_path: Path) -> None:
+    """Orphan folders are removed only from the journal's own default area."""
+    area = tmp_path / "shared-area"
+    stranger = area / str(uuid.uuid4())
+    stranger.mkdir(parents=True)
+    async with Journal(SQLiteStorage(tmp_path / "j.db"), images_dir=area) as journal:
+        await completed(journal, tmp_path, "mine")
+        assert await journal.prune(0) != []
+    assert stranger.is_dir()
 
 
 async def test_age_counts_from_the_end_of_a_session(

@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list what would be pruned; change nothing"
     )
     prune_cmd.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    prune_cmd.add_argument(
+        "--images-dir",
+        metavar="DIR",
+        help="where the journal's before-images are, if it was opened with images_dir= "
+        "(default: PATH.images beside the journal)",
+    )
 
     sweep_cmd = command("sweep", "remove temp files and folders left by killed writers")
     sweep_cmd.add_argument("directory", metavar="DIR", help="the directory to clean")
@@ -239,6 +245,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                 statuses=args.status,
                 dry_run=args.dry_run,
                 yes=args.yes,
+                images_dir=args.images_dir,
             )
         )
     options = UndoOptions(

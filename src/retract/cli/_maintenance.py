@@ -69,10 +69,15 @@ async def prune(
     statuses: Collection[str] | None,
     dry_run: bool,
     yes: bool,
+    images_dir: str | None = None,
 ) -> int:
-    """Delete sessions that ended more than ``older_than`` ago, with their images."""
+    """Delete sessions that ended more than ``older_than`` ago, with their images.
+
+    The cutoff is fixed once: a session that ages past it while the prompt waits is not
+    pruned unlisted.
+    """
     wanted = {SessionStatus(s) for s in statuses} if statuses else set(TERMINAL_STATUSES)
-    async with open_journal(path, create=False) as journal:
+    async with open_journal(path, create=False, images_dir=images_dir) as journal:
         cutoff = datetime.now(UTC) - older_than
         candidates = [s for s in await journal.list_sessions(status=wanted) if _ended(s) < cutoff]
         if dry_run or not candidates:
@@ -80,7 +85,7 @@ async def prune(
             return ExitCode.OK
         if not yes:
             _confirm(console, len(candidates))
-        pruned = set(await journal.prune(older_than, statuses=wanted))
+        pruned = set(await journal.prune(cutoff, statuses=wanted))
     _print_sessions(console, [s for s in candidates if s.session_id in pruned], "pruned")
     return ExitCode.OK
 

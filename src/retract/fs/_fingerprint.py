@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Any
 
-__all__ = ("drift", "fingerprint", "hash_bytes")
+__all__ = ("drift", "fingerprint", "hash_bytes", "identity", "is_restored")
 
 Fingerprint = dict[str, Any]
 _CHUNK = 1024 * 1024
@@ -103,3 +103,37 @@ def drift(recorded: Fingerprint, path: str) -> list[str]:
     if "tree" in recorded and _tree_digest(path) != recorded["tree"]:
         changes.append("the tree's entries, sizes, modes or file mtimes")
     return changes
+
+
+def identity(path: str) -> Fingerprint | None:
+    """Who ``path`` is (device and inode) and its metadata; None if missing.
+
+    Recorded for what an operation takes away, so that a later undo can tell that an
+    earlier, interrupted undo already put it back: a rename back keeps the inode, and a
+    copy back across filesystems keeps kind, size, mode and mtime.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return {
+        "dev": st.st_dev,
+        "ino": st.st_ino,
+        "kind": _kind(st.st_mode),
+        "mode": stat.S_IMODE(st.st_mode),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
+
+
+def is_restored(recorded: Fingerprint | None, path: str) -> bool:
+    """Whether ``path`` is again the entry ``recorded`` by :func:`identity`."""
+    current = identity(path)
+    if recorded is None or current is None:
+        return False
+    if (current["dev"], current["ino"]) == (recorded["dev"], recorded["ino"]):
+        return True
+    keys = ["kind", "mode", "mtime_ns"]
+    if current["kind"] != "dir":
+        keys.append("size")
+    return all(current[key] == recorded[key] for key in keys)

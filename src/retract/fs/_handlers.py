@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .._async import run_sync
 from .._errors import DriftError, UndoSkipped
 from ._durable import fsync_dir
-from ._fingerprint import drift, fingerprint
+from ._fingerprint import drift, fingerprint, is_restored
 from ._images import place_back
 from ._rename import rename_noreplace
 
@@ -98,6 +98,27 @@ def _sync(*paths: str) -> None:
             fsync_dir(directory)
 
 
+def _image_gone(path: str, image: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        errno.ENOENT,
+        f"cannot restore {path}: its before-image {image} is gone (was the session "
+        "pruned, or the image area removed?)",
+    )
+
+
+def _finish_copy_back(image: str, path: str) -> bool:
+    """True when ``path`` already holds the image's content: drop the image.
+
+    Restoring across filesystems copies the image in, then removes it; an undo cut
+    short between the two leaves both, and a rerun must not take the restored file for
+    drift.
+    """
+    if os.path.lexists(image) and os.path.lexists(path) and _matches(image, path):
+        _remove_any(image)
+        return True
+    return False
+
+
 def undo_write(p: Payload, policy: DriftPolicy) -> str | None:
     """Put the old file back (or remove the new one); the reason when nothing was done."""
     target, image = p["path"], p["image"]
@@ -111,6 +132,15 @@ def undo_write(p: Payload, policy: DriftPolicy) -> str | None:
         recorded, existed = p["new"], os.path.lexists(image)
     else:
         recorded, existed = p["after"], p["existed"]
+        # An earlier undo that was cancelled or killed may have finished this one.
+        if existed and not os.path.lexists(image):
+            if is_restored(p.get("before"), target):
+                return None
+            raise _image_gone(target, image)
+        if existed and _finish_copy_back(image, target):
+            return None
+        if not existed and not os.path.lexists(target):
+            return None  # already removed: what undo wants
     _guard(policy, target, drift(recorded, target), "the write")
     if existed:
         place_back(image, target, replace=True, durable=True)
@@ -122,10 +152,14 @@ def undo_write(p: Payload, policy: DriftPolicy) -> str | None:
 
 def undo_move(p: Payload, policy: DriftPolicy) -> str | None:
     """Move ``dst`` back to ``src`` and restore what the move replaced."""
+    if "moved" not in p or "image" not in p:
+        return _undo_plain_move(p)
     src, dst, image = p["src"], p["dst"], p["image"]
     if not p.get("committed") and os.path.lexists(src):
         _restore_untouched(dst, image, policy)
         return _NEVER
+    if os.path.lexists(src) and not drift(p["moved"], src) and _moved_back(p):
+        return None
     _guard(policy, dst, drift(p["moved"], dst), "the move")
     if os.path.lexists(src):
         _guard(policy, src, ["something new exists at the source path"], "the move")
@@ -134,6 +168,39 @@ def undo_move(p: Payload, policy: DriftPolicy) -> str | None:
         rename_noreplace(dst, src)
     if os.path.lexists(image):
         place_back(image, dst, replace=False, durable=True)
+    _sync(src, dst)
+    return None
+
+
+def _moved_back(p: Payload) -> bool:
+    """With the entry back at ``src``: whether an earlier undo did it; finish it if so."""
+    dst, image = p["dst"], p["image"]
+    if not p["replaced"]:
+        return not os.path.lexists(dst)
+    if os.path.lexists(image):
+        if not os.path.lexists(dst):
+            place_back(image, dst, replace=False, durable=True)
+            return True
+        return _finish_copy_back(image, dst)
+    return is_restored(p.get("before"), dst)
+
+
+def _undo_plain_move(p: Payload) -> str | None:
+    """Undo an unmake-style ``fs.move`` record (``{"src", "dst"}``, no image)."""
+    try:
+        src, dst = os.path.abspath(p["src"]), os.path.abspath(p["dst"])
+    except (KeyError, TypeError):
+        raise _foreign("fs.move", p) from None
+    if not os.path.lexists(dst):
+        if os.path.lexists(src):
+            return f"{dst} is gone and {src} exists: already moved back"
+        raise FileNotFoundError(errno.ENOENT, f"cannot move {dst} back to {src}: both are gone")
+    try:
+        rename_noreplace(dst, src)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST, f"cannot move {dst} back to {src}: {src} exists again"
+        ) from None
     _sync(src, dst)
     return None
 
@@ -166,6 +233,16 @@ def undo_copy(p: Payload, policy: DriftPolicy) -> str | None:
         if untouched or (p["replaced"] and not kept):
             _restore_untouched(dst, image, policy)
             return _NEVER
+    elif p["replaced"]:
+        # An earlier undo that was cancelled or killed may have finished this one.
+        if not os.path.lexists(image):
+            if is_restored(p.get("before"), dst):
+                return None
+            raise _image_gone(dst, image)
+        if _finish_copy_back(image, dst):
+            return None
+    elif not os.path.lexists(dst):
+        return None  # already removed: what undo wants
     _guard(policy, dst, drift(p["copied"], dst), "the copy")
     _remove_any(dst)
     if os.path.lexists(image):
@@ -181,16 +258,15 @@ def undo_removal(p: Payload, policy: DriftPolicy) -> str | None:
     if not os.path.lexists(image):
         if not p.get("committed"):
             return _NEVER
-        raise FileNotFoundError(
-            errno.ENOENT,
-            f"cannot restore {path}: its before-image {image} is gone (was the session "
-            "pruned, or the image area removed?)",
-            image,
-        )
+        if is_restored(p.get("before"), path):
+            return None  # put back by an earlier undo that was cancelled or killed
+        raise _image_gone(path, image)
     if os.path.lexists(path):
         if not p.get("committed") and _matches(image, path):
             _remove_any(image)  # a copy made across filesystems; the original stayed
             return _NEVER
+        if p.get("committed") and _finish_copy_back(image, path):
+            return None
         # Not committed: the original may have been partly removed after its (whole)
         # image was copied across filesystems; say what differs.
         changes = [] if p.get("committed") else drift(recorded, path)
@@ -227,9 +303,36 @@ _HANDLERS: dict[str, Callable[[Payload, DriftPolicy], str | None]] = {
 }
 
 
-def _make_handler(fn: Callable[[Payload, DriftPolicy], str | None]) -> Callable[..., Any]:
+#: Keys every payload written by ``session.fs`` has, per type (fs.move is checked by its
+#: handler, which also undoes unmake-style records).
+_REQUIRED = {
+    "fs.write": ("path", "temp", "image", "existed", "new"),
+    "fs.copy": ("src", "dst", "temp", "image", "replaced", "copied"),
+    "fs.delete": ("path", "image", "deleted"),
+    "fs.rmtree": ("path", "image", "removed"),
+    "fs.mkdir": ("path", "create"),
+}
+
+
+def _foreign(op_type: str, payload: Payload) -> ValueError:
+    return ValueError(
+        f"this {op_type} operation was not written by session.fs (its payload "
+        f"{sorted(payload)} lacks what the built-in handler needs); register your own "
+        f"handler for {op_type!r} (registry.register or @registry.handler), which "
+        "replaces the built-in one"
+    )
+
+
+def _make_handler(
+    op_type: str, fn: Callable[[Payload, DriftPolicy], str | None]
+) -> Callable[..., Any]:
+    required = _REQUIRED.get(op_type, ())
+
     async def handle(op: OperationRecord) -> None:
-        reason = await run_sync(fn, op.payload, drift_policy.get())
+        payload = op.payload
+        if any(key not in payload for key in required):
+            raise _foreign(op_type, payload)
+        reason = await run_sync(fn, payload, drift_policy.get())
         if reason is not None:
             raise UndoSkipped(reason)
 
@@ -241,4 +344,4 @@ def _make_handler(fn: Callable[[Payload, DriftPolicy], str | None]) -> Callable[
 def register_fs_handlers(registry: OperationRegistry) -> None:
     """Register the undo handlers of every ``session.fs`` operation type."""
     for op_type, fn in _HANDLERS.items():
-        registry.handler(op_type)(_make_handler(fn))
+        registry.handler(op_type)(_make_handler(op_type, fn))

@@ -9,6 +9,7 @@ otherwise. Everything here is blocking.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -21,30 +22,68 @@ __all__ = ("keep_copy", "keep_moved", "place_back")
 
 
 def _prepare_slot(image: str, durable: bool) -> None:
+    """Create the session's image folder; the area and it are private (0o700).
+
+    Images hold what was deleted or overwritten, possibly from private directories, so
+    nobody but the owner may read them, whatever the umask says.
+    """
     folder = os.path.dirname(image)
-    if not os.path.isdir(folder):
-        area = os.path.dirname(folder)
-        new_area = not os.path.isdir(area)
-        os.makedirs(folder, exist_ok=True)
-        if durable:
-            fsync_dir(area)
-            if new_area:
-                fsync_dir(os.path.dirname(area))
+    if os.path.isdir(folder):
+        return
+    area = os.path.dirname(folder)
+    made = []
+    if not os.path.isdir(area):
+        os.makedirs(os.path.dirname(area), exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(area, 0o700)
+            made.append(area)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    for created in (*made, folder):
+        os.chmod(created, 0o700)  # mkdir's mode is filtered by the umask
+    if durable:
+        fsync_dir(area)
+        if made:
+            fsync_dir(os.path.dirname(area))
 
 
 def _copy_any(src: str, dst: str, durable: bool) -> None:
-    """Copy a file, symlink or tree with its metadata, synced when ``durable``."""
+    """Copy a file, symlink or tree with its metadata and owners, synced when ``durable``."""
     mode = os.lstat(src).st_mode
     if stat.S_ISDIR(mode):
         shutil.copytree(src, dst, symlinks=True)
+        _copy_owners(src, dst)
         if durable:
             sync_tree(dst)
     elif stat.S_ISLNK(mode):
         os.symlink(os.readlink(src), dst)
+        _copy_owner(src, dst)
     else:
         shutil.copy2(src, dst, follow_symlinks=False)
+        _copy_owner(src, dst)
         if durable:
             _fsync_file(dst)
+
+
+def _copy_owner(src: str, dst: str) -> None:
+    """Give ``dst`` the owner and group of ``src`` where allowed (copy2 does not)."""
+    st = os.lstat(src)
+    try:
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    except PermissionError:
+        with contextlib.suppress(PermissionError):
+            os.chown(dst, -1, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))  # a chown clears setuid and setgid
+
+
+def _copy_owners(src: str, dst: str) -> None:
+    for current, dirs, files in os.walk(src):
+        relative = os.path.relpath(current, src)
+        target = os.path.normpath(os.path.join(dst, relative))
+        for name in dirs + files:
+            _copy_owner(os.path.join(current, name), os.path.join(target, name))
+        _copy_owner(current, target)
 
 
 def _fsync_file(path: str) -> None:
@@ -74,8 +113,12 @@ def _copy_in(path: str, image: str, durable: bool) -> None:
         raise
 
 
-def keep_moved(path: str, image: str, *, durable: bool) -> None:
-    """Move ``path`` away into ``image`` (rename; copy then remove across filesystems)."""
+def keep_moved(path: str, image: str, *, durable: bool, final_sync: bool = True) -> None:
+    """Move ``path`` away into ``image`` (rename; copy then remove across filesystems).
+
+    :param final_sync: sync both directories after the move (when ``durable``); False
+        leaves that to the caller, which must then report a failure as its own.
+    """
     _prepare_slot(image, durable)
     try:
         rename_noreplace(path, image)
@@ -89,7 +132,7 @@ def keep_moved(path: str, image: str, *, durable: bool) -> None:
             shutil.rmtree(path)
         else:
             os.unlink(path)
-    if durable:
+    if durable and final_sync:
         fsync_dir(os.path.dirname(image))
         fsync_dir(os.path.dirname(path))
 
@@ -158,6 +201,7 @@ def _copy_back(image: str, path: str, *, replace: bool, is_dir: bool, durable: b
         try:
             _close(temp)
             shutil.copy2(image, temp.path)  # content, permission bits and times
+            _copy_owner(image, temp.path)
             if durable:
                 _fsync_file(temp.path)
             install_file(temp, path, overwrite=replace)

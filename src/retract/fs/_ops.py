@@ -32,7 +32,7 @@ from ._durable import (
     sync_tree,
     write_all,
 )
-from ._fingerprint import fingerprint, hash_bytes
+from ._fingerprint import fingerprint, hash_bytes, identity
 from ._images import keep_copy, keep_moved, place_back
 from ._names import temp_name
 from ._rename import rename_noreplace
@@ -138,13 +138,23 @@ def write_op(
     def commit(payload: Payload) -> Payload:
         target = payload["path"]
         temp = TempFile(payload["temp"], None)
+        before = None
         try:
             existed = os.path.lexists(target)
+            if not existed:
+                try:
+                    # No-replace: a file that appears meanwhile is never clobbered unkept.
+                    install_file(temp, target, overwrite=False)
+                except FileExistsError:
+                    if not overwrite:
+                        raise
+                    existed = True
             if existed:
                 if not overwrite:
                     raise already_exists(target)
+                before = identity(target)
                 keep_copy(target, image, durable=durable)
-            install_file(temp, target, overwrite=overwrite)
+                install_file(temp, target, overwrite=True)
         except BaseException:
             discard_file(temp)
             raise
@@ -152,6 +162,7 @@ def write_op(
         facts = {
             "committed": True,
             "existed": existed,
+            "before": before,
             "after": after | {"sha256": payload["new"]["sha256"]},
         }
         _sync_with_facts(facts, lambda: _sync_dirs(durable, target, target))
@@ -203,6 +214,7 @@ def move_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
 
     def commit(payload: Payload) -> Payload:
         replaced = os.path.lexists(dst)
+        before = identity(dst)
         try:
             if not replaced:
                 rename_noreplace(src, dst)
@@ -219,7 +231,7 @@ def move_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
             if exc.errno == errno.EXDEV:  # bind mounts of one filesystem share st_dev
                 raise cross_device(src, dst) from None
             raise
-        facts = {"committed": True, "replaced": replaced}
+        facts = {"committed": True, "replaced": replaced, "before": before}
         _sync_with_facts(facts, lambda: _sync_dirs(durable, dst, src, dst))
         return facts
 
@@ -281,6 +293,7 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
     def commit(payload: Payload) -> Payload:
         temp = payload["temp"]
         replaced = os.path.lexists(dst)
+        before = identity(dst)
         try:
             if not replaced:
                 rename_noreplace(temp, dst)
@@ -296,7 +309,7 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
             if isinstance(exc, FileExistsError):
                 raise already_exists(dst) from None
             raise
-        facts = {"committed": True, "replaced": replaced}
+        facts = {"committed": True, "replaced": replaced, "before": before}
         _sync_with_facts(facts, lambda: _sync_dirs(durable, dst, dst))
         return facts
 
@@ -328,7 +341,8 @@ def delete_op(path: str, image: str, *, missing_ok: bool, durable: bool) -> FsOp
             raise IsADirectoryError(
                 errno.EISDIR, f"cannot delete {path}: it is a directory; use rmtree", path
             )
-        return {"path": path, "image": image, "deleted": fingerprint(path, content=False)}
+        deleted = fingerprint(path, content=False)
+        return {"path": path, "image": image, "deleted": deleted, "before": identity(path)}
 
     return FsOp("fs.delete", prepare, _move_away(path, image, durable))
 
@@ -342,15 +356,19 @@ def rmtree_op(path: str, image: str, *, durable: bool) -> FsOp:
             raise NotADirectoryError(
                 errno.ENOTDIR, f"cannot rmtree {path}: it is not a directory; use delete", path
             )
-        return {"path": path, "image": image, "removed": fingerprint(path)}
+        removed = fingerprint(path)
+        return {"path": path, "image": image, "removed": removed, "before": identity(path)}
 
     return FsOp("fs.rmtree", prepare, _move_away(path, image, durable))
 
 
 def _move_away(path: str, image: str, durable: bool) -> Callable[[Payload], Payload]:
     def commit(payload: Payload) -> Payload:
-        keep_moved(path, image, durable=durable)
-        return {"committed": True}
+        keep_moved(path, image, durable=durable, final_sync=False)
+        facts = {"committed": True}
+        # The entry is gone from `path` now: a failed sync is a DurabilityError.
+        _sync_with_facts(facts, lambda: _sync_dirs(durable, path, image, path))
+        return facts
 
     return commit
 

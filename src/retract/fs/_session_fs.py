@@ -7,6 +7,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+import anyio.lowlevel
+
 from .._async import run_sync
 from ..journal._encoding import new_id
 from ._atomic import check_permissions
@@ -20,6 +22,13 @@ __all__ = ("SessionFs",)
 logger = logging.getLogger("retract")
 
 StrPath = str | os.PathLike[str]
+
+
+def _check_mode(mode: int) -> int:
+    value: object = mode  # checked at run time, whatever the annotation says
+    if type(value) is not int or not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode must be an int from 0 to 0o7777, like 0o755, not {mode!r}")
+    return mode
 
 
 def _absolute(path: StrPath) -> str:
@@ -184,7 +193,7 @@ class SessionFs:
         """
         op = mkdir_op(
             _absolute(path),
-            mode=mode,
+            mode=_check_mode(mode),
             parents=parents,
             exist_ok=exist_ok,
             durable=durable,
@@ -203,6 +212,9 @@ class SessionFs:
     async def _run(self, op: FsOp) -> None:
         session = self._session
         session._check_open()
+        # Worker-thread calls finish once started, even if cancelled; a cancellation
+        # that is already pending (an anyio scope, a task.cancel()) stops us before.
+        await anyio.lowlevel.checkpoint()
         prepared: list[dict[str, Any] | None] = []
         try:
             await run_sync(lambda: prepared.append(op.prepare()))
@@ -217,6 +229,7 @@ class SessionFs:
         late: BaseException | None = None
         try:
             async with session.step(op.op_type, payload) as step:
+                await anyio.lowlevel.checkpoint()  # cancelled meanwhile: nothing changes
                 try:
                     await run_sync(lambda: facts.append(op.commit(payload)))
                 except BaseException as exc:

@@ -79,6 +79,7 @@ class Journal:
         self.registry = registry if registry is not None else OperationRegistry()
         self.metrics = metrics
         self._images_dir = Path(images_dir).absolute() if images_dir is not None else None
+        self._custom_images = images_dir is not None
         self._own_images = False
         self._state = "new"
 
@@ -141,6 +142,16 @@ class Journal:
             else:
                 self._images_dir = Path(self.storage.location + ".images").absolute()
         return self._images_dir
+
+    async def _remove_orphan_images(self, images: Path) -> None:
+        """Remove image folders whose session is gone (a prune that died halfway).
+
+        Only in the default area (``<journal>.images``), which is this journal's alone;
+        a folder given as ``images_dir`` might be shared, and is left alone.
+        """
+        for name in await run_sync(_image_folders, images):
+            if _SESSION_ID.fullmatch(name) and await self.storage.get_session(name) is None:
+                await run_sync(_remove_images, images, [name])
 
     def _in_memory(self) -> bool:
         return self.storage.location == ":memory:"
@@ -341,7 +352,7 @@ class Journal:
 
     async def prune(
         self,
-        older_than: timedelta | float,
+        older_than: timedelta | float | datetime,
         *,
         statuses: Collection[SessionStatus | str] | None = None,
     ) -> list[str]:
@@ -352,7 +363,8 @@ class Journal:
         or UNDOING are never pruned.
 
         :param older_than: how long ago a session must have ended (a timedelta, or
-            seconds), counted from its end (from its start if it never ended).
+            seconds), counted from its end (from its start if it never ended); or a
+            datetime: sessions that ended before it.
         :param statuses: only sessions with these statuses (default: every ended one:
             completed, failed, cancelled, interrupted, rolled back, partially rolled
             back).
@@ -363,9 +375,15 @@ class Journal:
         still removed before the cancellation is raised.
         """
         self.check_open()
-        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
-        if seconds < 0:
-            raise ValueError(f"older_than must not be negative, not {older_than!r}")
+        if isinstance(older_than, datetime):
+            cutoff = older_than.timestamp()
+        else:
+            seconds = (
+                older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+            )
+            if seconds < 0:
+                raise ValueError(f"older_than must not be negative, not {older_than!r}")
+            cutoff = datetime.now().timestamp() - seconds
         if isinstance(statuses, str):
             statuses = [statuses]  # one name, not a collection of one-letter names
         try:
@@ -376,7 +394,6 @@ class Journal:
         if not wanted <= TERMINAL_STATUSES:
             live = ", ".join(sorted(s.value for s in wanted - TERMINAL_STATUSES))
             raise ValueError(f"sessions that are {live} have not ended and cannot be pruned")
-        cutoff = datetime.now().timestamp() - seconds
         write = asyncio.ensure_future(
             self.storage.prune_sessions(ended_before=cutoff, statuses=wanted)
         )
@@ -394,11 +411,8 @@ class Journal:
             await run_sync(_remove_images, images, pruned)
             if cancelled is not None:
                 raise cancelled
-            for name in await run_sync(_image_folders, images):
-                # A folder whose session is gone: left by a prune that died before it
-                # removed the images. Only session-id names: the area may be shared.
-                if _SESSION_ID.fullmatch(name) and await self.storage.get_session(name) is None:
-                    await run_sync(_remove_images, images, [name])
+            if not self._custom_images:
+                await self._remove_orphan_images(images)
         if cancelled is not None:
             raise cancelled
         return pruned
