@@ -173,8 +173,9 @@ def test_sweep_removes_abandoned_temps_only(cli: Cli, tmp_path: Path) -> None:
     lookalike.write_bytes(b"not ours")
     result = cli("sweep", str(tmp_path))
     assert result.code == 0
-    assert f"removed {abandoned}" in result.out
-    assert "1 abandoned temp removed, 1 kept" in result.out
+    assert f"removed  {abandoned}" in result.out
+    assert "1 abandoned temp removed, 0 restored, 1 kept" in result.out
+    assert f"kept     {live} (its process (pid {os.getpid()}) is still running)" in result.out
     assert not abandoned.exists()
     assert live.exists()
     assert lookalike.exists()

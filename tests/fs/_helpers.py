@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from retract.fs import is_temp_name
 from retract.fs._names import _HOST
@@ -54,3 +59,29 @@ def dead_pid() -> int:
 def is_root() -> bool:
     """Whether the tests run as root (who ignores permission bits)."""
     return os.geteuid() == 0
+
+
+def refuse_like_non_root(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make os.unlink and os.rmdir fail in a directory without u+w, as they do for non-root.
+
+    Root may delete inside a read-only directory; the tests run as root, so this brings
+    back what every other user sees. Returns the names refused.
+    """
+    refused: list[str] = []
+
+    def guard(real: Callable[..., None]) -> Callable[..., None]:
+        def call(path: str, *, dir_fd: int | None = None) -> None:
+            if dir_fd is None:
+                parent = os.stat(os.path.dirname(os.path.abspath(path)))
+            else:  # shutil.rmtree passes names relative to an open directory
+                parent = os.fstat(dir_fd)
+            if not parent.st_mode & stat.S_IWUSR:
+                refused.append(path)
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+            real(path, dir_fd=dir_fd)
+
+        return call
+
+    monkeypatch.setattr(os, "unlink", guard(os.unlink))
+    monkeypatch.setattr(os, "rmdir", guard(os.rmdir))
+    return refused

@@ -7,10 +7,14 @@ Bad input and disk failures are in ``test_atomic_errors.py``; cancellation is in
 from __future__ import annotations
 
 import array
+import contextlib
+import errno
 import os
 import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +29,7 @@ from retract import (
     atomic_write_text,
 )
 from retract.fs import _atomic, _durable, is_temp_name
-from tests.fs._helpers import is_root, names, temps, tree
+from tests.fs._helpers import is_root, names, refuse_like_non_root, temps, tree
 
 
 class Boom(Exception):
@@ -534,6 +538,45 @@ async def test_overwrite_keeps_the_owner(tmp_path: Path) -> None:
     assert after.st_ino != before.st_ino
 
 
+@pytest.mark.skipif(not is_root(), reason="only root can give the old file another owner")
+async def test_overwrite_keeps_the_group_when_the_owner_cannot_be_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the owner may not be given away (non-root), the old file's group is kept."""
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+    os.chown(target, 4321, 8765)
+    real_fchown = os.fchown
+
+    def fchown(fd: int, uid: int, gid: int) -> None:
+        if uid != -1:  # as for non-root: only the group of one's own file may change
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(os, "fchown", fchown)
+    await atomic_write_text(target, "new", overwrite=True)
+    assert (target.stat().st_uid, target.stat().st_gid) == (os.geteuid(), 8765)
+    assert target.read_text() == "new"
+
+
+@pytest.mark.skipif(not is_root(), reason="only root can give the old file another owner")
+async def test_overwrite_goes_on_when_neither_owner_nor_group_can_be_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If even the group may not be kept, the write still succeeds with our own ownership."""
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+    os.chown(target, 4321, 8765)
+
+    def fchown(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "fchown", fchown)
+    await atomic_write_text(target, "new", overwrite=True)
+    assert (target.stat().st_uid, target.stat().st_gid) == (os.geteuid(), os.getegid())
+    assert target.read_text() == "new"
+
+
 # -- symlinks and temp_dir ---------------------------------------------------------------
 
 
@@ -744,6 +787,35 @@ async def test_folder_block_raising_removes_the_temp(tmp_path: Path) -> None:
     assert names(tmp_path) == ["out"]
 
 
+async def test_folder_block_raising_removes_read_only_folders_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A temp folder holding a read-only folder (0o555) is still removed whole."""
+    refuse_like_non_root(monkeypatch)
+    with pytest.raises(Boom):
+        async with atomic_folder(tmp_path / "out") as tmp:
+            (tmp / "ro").mkdir()
+            (tmp / "ro" / "f").write_text("new")
+            (tmp / "ro").chmod(0o555)
+            raise Boom
+    assert names(tmp_path) == []
+
+
+async def test_folder_overwrite_removes_an_old_tree_with_read_only_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swapped-out old tree goes even when a folder in it is read-only (0o555)."""
+    target = tmp_path / "out"
+    (target / "ro").mkdir(parents=True)
+    (target / "ro" / "f").write_text("old")
+    (target / "ro").chmod(0o555)
+    refuse_like_non_root(monkeypatch)
+    async with atomic_folder(target, overwrite=True) as tmp:
+        (tmp / "f").write_text("new")
+    assert tree(target) == {"f": b"new"}
+    assert names(tmp_path) == ["out"]
+
+
 async def test_folder_block_raising_creates_nothing(tmp_path: Path) -> None:
     """An error in the block of a new folder leaves nothing behind."""
     with pytest.raises(Boom):
@@ -789,6 +861,69 @@ async def test_folder_durable_commit_syncs_files_folders_and_parent(
         (tmp / "sub" / "b").write_text("b")
     # files a and b, folders sub and the temp, then the parent
     assert len(fsync_calls) == 5
+
+
+@contextlib.contextmanager
+def freeing_blocked_fifos(fifos: list[Path], after: float) -> Iterator[threading.Event]:
+    """If still running after ``after`` seconds, open the write end of each of ``fifos``.
+
+    That frees a thread blocked opening one for reading (a commit that would otherwise
+    hang for good); the event yielded tells whether it had to.
+    """
+    freed, stop = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        if stop.wait(after):
+            return
+        freed.set()
+        while not stop.wait(0.05):
+            for fifo in fifos:
+                with contextlib.suppress(OSError):  # no reader yet, or moved already
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield freed
+    finally:
+        stop.set()
+        watcher.join()
+
+
+async def test_folder_with_a_fifo_commits_without_blocking(tmp_path: Path) -> None:
+    """A durable commit skips a FIFO in the tree instead of blocking on opening it."""
+    target = tmp_path / "out"
+    fifos: list[Path] = []
+    with freeing_blocked_fifos(fifos, after=1.0) as freed:
+        async with atomic_folder(target) as tmp:
+            os.mkfifo(tmp / "pipe")
+            fifos.append(tmp / "pipe")
+            (tmp / "f").write_text("x")
+    assert not freed.is_set(), "the commit blocked opening the FIFO"
+    assert stat.S_ISFIFO((target / "pipe").lstat().st_mode)
+    assert (target / "f").read_text() == "x"
+
+
+async def test_folder_with_a_write_only_file_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file its owner may only write (0o200) is fsynced through a write-only descriptor."""
+    real_open = os.open
+    opened: list[int] = []
+
+    def open_(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if os.path.basename(path) == "secret":
+            opened.append(flags & os.O_ACCMODE)
+            if flags & os.O_ACCMODE == os.O_RDONLY:  # as for non-root, with mode 0o200
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    async with atomic_folder(tmp_path / "out") as tmp:
+        (tmp / "secret").write_text("s")
+        (tmp / "secret").chmod(0o200)
+    assert opened[-1] == os.O_WRONLY
+    assert mode_of(tmp_path / "out" / "secret") == 0o200
 
 
 async def test_folder_context_can_be_entered_only_once(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import anyio
 import pytest
 
-from retract import atomic_folder, atomic_write
+from retract import atomic_folder, atomic_write, atomic_write_bytes
 from retract.fs import _atomic, _durable
 from tests.fs._helpers import names, temps, tree
 
@@ -570,3 +570,97 @@ async def test_cancel_while_the_worker_is_inside_a_phase(
         assert seen.raised == "CancelledError", f"{tag}: {seen.raised}"
     assert scene.state() == expected
     assert temps(tmp_path) == []
+
+
+# -- a cancellation already pending --------------------------------------------------------
+
+#: A body given ``cancel()``, which makes a cancellation pending without delivering it.
+Body = Callable[[Callable[[], object]], Awaitable[None]]
+
+
+async def run_with_pending_cancel(how: str, body: Body) -> bool:
+    """Run ``body`` in a task of its own; return whether the cancellation was raised.
+
+    ``cancel`` is ``task.cancel()`` on that task (asyncio) or ``cancel()`` of an anyio
+    cancel scope around the body (anyio): either is delivered at the next checkpoint.
+    """
+
+    async def run() -> bool:
+        if how == "asyncio":
+            task = asyncio.current_task()
+            assert task is not None
+            await body(task.cancel)
+            return False
+        with anyio.CancelScope() as scope:
+            await body(scope.cancel)
+        return scope.cancelled_caught
+
+    task = asyncio.create_task(run())
+    await asyncio.wait({task})
+    return task.cancelled() or task.result()
+
+
+@pytest.mark.parametrize("how", ["asyncio", "anyio"])
+async def test_pending_cancel_discards_a_write(tmp_path: Path, how: str) -> None:
+    """A cancellation pending before the commit starts discards the write."""
+    target = tmp_path / "t.bin"
+    target.write_bytes(OLD_BYTES)
+
+    async def body(cancel: Callable[[], object]) -> None:
+        cancel()
+        await atomic_write_bytes(target, NEW_BYTES, overwrite=True)
+
+    assert await run_with_pending_cancel(how, body)
+    assert target.read_bytes() == OLD_BYTES
+    assert names(tmp_path) == ["t.bin"]
+
+
+@pytest.mark.parametrize("how", ["asyncio", "anyio"])
+async def test_pending_cancel_discards_a_spilled_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A cancellation pending when the block ends discards the write and its spilled temp."""
+    monkeypatch.setattr(_atomic, "SPILL_BYTES", 64)
+    target = tmp_path / "t.bin"
+    target.write_bytes(OLD_BYTES)
+
+    async def body(cancel: Callable[[], object]) -> None:
+        async with atomic_write(target, "wb", overwrite=True) as f:
+            await f.write(NEW_BYTES)
+            assert temps(tmp_path) != []
+            cancel()
+
+    assert await run_with_pending_cancel(how, body)
+    assert target.read_bytes() == OLD_BYTES
+    assert names(tmp_path) == ["t.bin"]
+
+
+@pytest.mark.parametrize("how", ["asyncio", "anyio"])
+async def test_pending_cancel_makes_no_temp_folder(tmp_path: Path, how: str) -> None:
+    """A cancellation pending at entry stops atomic_folder before the block runs."""
+    ran: list[bool] = []
+
+    async def body(cancel: Callable[[], object]) -> None:
+        cancel()
+        async with atomic_folder(tmp_path / "out"):
+            ran.append(True)
+
+    assert await run_with_pending_cancel(how, body)
+    assert ran == []
+    assert names(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["asyncio", "anyio"])
+async def test_pending_cancel_discards_a_filled_folder(tmp_path: Path, how: str) -> None:
+    """A cancellation pending when the folder block ends keeps the old tree, drops the temp."""
+    target = tmp_path / "out"
+    write_tree(target, OLD_TREE)
+
+    async def body(cancel: Callable[[], object]) -> None:
+        async with atomic_folder(target, overwrite=True) as tmp:
+            (tmp / "new").write_bytes(b"new")
+            cancel()
+
+    assert await run_with_pending_cancel(how, body)
+    assert tree(target) == OLD_TREE
+    assert names(tmp_path) == ["out"]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from retract.fs import _rename
+import retract.fs
+from retract.fs import _rename, is_temp_name
 from retract.fs._rename import exchange, has_native_flags, rename_noreplace
 from tests.fs._helpers import names, tree
 
@@ -40,6 +41,14 @@ def test_has_native_flags_follows_the_switch(monkeypatch: pytest.MonkeyPatch) ->
     """has_native_flags() reports False once the fallback is forced."""
     monkeypatch.setattr(_rename, "_use_native", False)
     assert not has_native_flags()
+
+
+def test_has_native_renames_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
+    """retract.fs.has_native_renames() is exported and tells which rename path runs."""
+    assert "has_native_renames" in retract.fs.__all__
+    assert retract.fs.has_native_renames() == has_native_flags()
+    monkeypatch.setattr(_rename, "_use_native", False)
+    assert not retract.fs.has_native_renames()
 
 
 # -- rename_noreplace --------------------------------------------------------------------
@@ -112,6 +121,74 @@ def test_noreplace_of_a_missing_source_raises(tmp_path: Path, renames: str) -> N
     assert names(tmp_path) == []
 
 
+def refuse_links(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    """Force the fallback and make os.link fail with ``err``, as on a FAT or FUSE mount."""
+    monkeypatch.setattr(_rename, "_use_native", False)
+
+    def link(src: str, dst: str, *, follow_symlinks: bool = True) -> None:
+        raise OSError(err, os.strerror(err), src, None, dst)
+
+    monkeypatch.setattr(os, "link", link)
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS])
+def test_noreplace_without_hard_links_moves_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    """Where hard links are refused, a file is still renamed to a free name."""
+    refuse_links(monkeypatch, err)
+    src, dst = tmp_path / "a", tmp_path / "b"
+    src.write_text("a")
+    rename_noreplace(str(src), str(dst))
+    assert names(tmp_path) == ["b"]
+    assert dst.read_text() == "a"
+
+
+def test_noreplace_without_hard_links_refuses_an_existing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where hard links are refused, an existing file still raises FileExistsError."""
+    refuse_links(monkeypatch, errno.EPERM)
+    src, dst = tmp_path / "a", tmp_path / "b"
+    src.write_text("a")
+    dst.write_text("b")
+    with pytest.raises(FileExistsError):
+        rename_noreplace(str(src), str(dst))
+    assert (src.read_text(), dst.read_text()) == ("a", "b")
+
+
+def test_noreplace_raises_other_link_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link error that does not mean "no hard links here" is raised; nothing moves."""
+    refuse_links(monkeypatch, errno.EIO)
+    (tmp_path / "a").write_text("a")
+    with pytest.raises(OSError, match="Input/output error"):
+        rename_noreplace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert names(tmp_path) == ["a"]
+
+
+def test_noreplace_whose_unlink_fails_leaves_only_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If unlinking the source after the link fails, the new link goes again: one name."""
+    monkeypatch.setattr(_rename, "_use_native", False)
+    src, dst = tmp_path / "a", tmp_path / "b"
+    src.write_text("a")
+    real_unlink = os.unlink
+
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
+        if path == str(src):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        real_unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(PermissionError):
+        rename_noreplace(str(src), str(dst))
+    assert names(tmp_path) == ["a"]
+    assert src.stat().st_nlink == 1
+
+
 # -- exchange ----------------------------------------------------------------------------
 
 
@@ -146,6 +223,29 @@ def test_exchange_across_folders(tmp_path: Path, renames: str) -> None:
     assert tree(a) == tree_of("b")
     assert b.read_text() == "a"
     assert names(tmp_path / "y") == ["b"]
+
+
+def test_exchange_fallback_parks_the_target_under_a_swap_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's side name is a ``.swap`` temp next to ``b`` (a sweep restores it)."""
+    monkeypatch.setattr(_rename, "_use_native", False)
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    real_rename = os.rename
+    seen: list[str] = []
+
+    def rename(src: str, dst: str) -> None:
+        seen.append(os.path.basename(dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    exchange(str(tmp_path / "a"), str(tmp_path / "b"))
+    side = seen[0]
+    assert is_temp_name(side)
+    assert side.startswith(".b.retract-")
+    assert side.endswith(".swap")
+    assert seen == [side, "b", "a"]
 
 
 @pytest.mark.parametrize("missing", ["a", "b"])

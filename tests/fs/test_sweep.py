@@ -1,14 +1,17 @@
 """``retract.fs.sweep``: abandoned temps go, everything else stays.
 
-Temp names are ``.<target>.retract-<host>-<pid>-<8 hex>.<tmp|old>`` (see
-``retract.fs._names.temp_name``); the tests craft such names with a dead pid (a child
-that has exited and been reaped), a live one, or another host's hash.
+Temp names are ``.<target>.retract-<host>-<pid>-<8 hex>.<tmp|swap|old>`` (see
+``retract.fs._names``); the tests craft such names with a dead pid (a child that has
+exited and been reaped), a live one, or another host's hash. A ``swap`` (or an ``old``
+of earlier builds) is a target parked by the exchange fallback: it is restored or
+removed, never simply deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -19,7 +22,14 @@ import pytest
 
 from retract.fs import SweepReport, _names, is_temp_name, sweep
 from retract.fs._names import temp_name
-from tests.fs._helpers import HOST, OTHER_HOST, dead_pid, names, temp_name_for
+from tests.fs._helpers import (
+    HOST,
+    OTHER_HOST,
+    dead_pid,
+    names,
+    refuse_like_non_root,
+    temp_name_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +75,15 @@ def test_temp_name_has_the_documented_shape() -> None:
     assert name.startswith(f".report.json.retract-{HOST}-{os.getpid()}-")
     assert name.endswith(".tmp")
     assert is_temp_name(name)
-    assert temp_name("report.json", "old").endswith(".old")
+    assert temp_name("report.json", "swap").endswith(".swap")
+    assert is_temp_name(temp_name("report.json", "swap"))
     assert temp_name("report.json") != name
 
 
 def test_crafted_names_match_like_real_ones() -> None:
     """The names these tests craft are recognised exactly like temp_name()'s."""
     assert is_temp_name(temp_name_for("a.txt", pid=123))
+    assert is_temp_name(temp_name_for("a.txt", pid=123, host=OTHER_HOST, kind="swap"))
     assert is_temp_name(temp_name_for("a.txt", pid=123, host=OTHER_HOST, kind="old"))
 
 
@@ -87,6 +99,7 @@ LOOKALIKES = [
     ".a.txt.tmp",
     "a.txt.retract-{host}-{pid}-0123abcd.tmp",  # not hidden
     ".a.txt.retract-{host}-{pid}-0123abcd.new",  # unknown kind
+    ".a.txt.retract-{host}-{pid}-0123abcd.swapped",
     ".a.txt.retract-{host}-{pid}-0123abcd.tmp.bak",
     ".a.txt.retract-{host}-{pid}-0123abcd.tmp\n",  # `$` would match this
     ".a.txt.retract-{host}-{pid}-0123ABCD.tmp",  # upper-case token
@@ -160,6 +173,21 @@ async def test_temp_of_another_host_is_kept(tmp_path: Path, dead: int) -> None:
     assert temp.exists()
 
 
+async def test_kept_reasons_name_the_live_process(tmp_path: Path, live_child: int) -> None:
+    """kept_reasons says a temp was kept because its process (by pid) is still running."""
+    temp = make_file(tmp_path / temp_name_for("a.txt", pid=live_child))
+    report = await sweep(tmp_path)
+    assert report.kept_reasons == {temp: f"its process (pid {live_child}) is still running"}
+
+
+async def test_kept_reasons_name_another_host(tmp_path: Path, dead: int) -> None:
+    """kept_reasons says a temp was kept because another host made it."""
+    temp = make_file(tmp_path / temp_name_for("a.txt", pid=dead, host=OTHER_HOST))
+    report = await sweep(tmp_path)
+    assert list(report.kept_reasons) == [temp]
+    assert f"another host ({OTHER_HOST})" in report.kept_reasons[temp]
+
+
 async def test_temp_with_an_impossible_pid_is_removed(tmp_path: Path) -> None:
     """A pid too large for any process counts as dead (and does not crash the sweep)."""
     temp = make_file(tmp_path / temp_name_for("a.txt", pid=10**30))
@@ -167,14 +195,150 @@ async def test_temp_with_an_impossible_pid_is_removed(tmp_path: Path) -> None:
     assert report.removed == [temp]
 
 
-async def test_folder_and_old_temps_are_removed(tmp_path: Path, dead: int) -> None:
-    """Temp folders (whole trees) and ``.old`` trees of dead processes are removed."""
+async def test_folder_temps_are_removed(tmp_path: Path, dead: int) -> None:
+    """Temp folders of dead processes are removed whole."""
     folder = make_folder(tmp_path / temp_name_for("out", pid=dead))
-    old = make_folder(tmp_path / temp_name_for("out", pid=dead, suffix="89abcdef", kind="old"))
-    old_file = make_file(tmp_path / temp_name_for("f", pid=dead, kind="old"))
+    other = make_folder(tmp_path / temp_name_for("out", pid=dead, suffix="89abcdef"))
     report = await sweep(tmp_path)
-    assert sorted(report.removed) == sorted([folder, old, old_file])
+    assert sorted(report.removed) == sorted([folder, other])
     assert names(tmp_path) == []
+
+
+async def test_folder_temp_with_a_read_only_folder_inside_is_removed(
+    tmp_path: Path, dead: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only folder (0o555) inside a temp folder does not stop its removal."""
+    folder = make_folder(tmp_path / temp_name_for("out", pid=dead))
+    (folder / "sub").chmod(0o555)
+    refused = refuse_like_non_root(monkeypatch)
+    report = await sweep(tmp_path)
+    assert (report.removed, report.failed) == ([folder], [])
+    assert names(tmp_path) == []
+    assert refused  # the first try was refused, as it would be for non-root
+
+
+async def test_removal_never_unlocks_the_swept_directory(
+    tmp_path: Path, dead: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only folders inside a temp get u+w; a read-only swept directory stays read-only."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    folder = make_folder(locked / temp_name_for("out", pid=dead))
+    locked.chmod(0o555)
+    refuse_like_non_root(monkeypatch)
+    report = await sweep(locked)
+    assert [path for path, _ in report.failed] == [folder]
+    assert report.failed[0][1].startswith("PermissionError:")
+    assert stat.S_IMODE(locked.stat().st_mode) == 0o555
+    locked.chmod(0o755)
+
+
+# -- swaps: a target parked by the exchange fallback ---------------------------------------
+
+#: A child that swaps a folder in through the exchange fallback and is killed (os._exit)
+#: right after the first ``renames`` renames: 1 parks the target under a swap name, 2
+#: also moves the new tree in.
+SWAP_CRASH = """
+import asyncio, os, sys
+from pathlib import Path
+from retract.fs import _rename, atomic_folder
+
+_rename._use_native = False
+target, renames = Path(sys.argv[1]), int(sys.argv[2])
+real_rename, done = os.rename, []
+
+def rename(src, dst):
+    real_rename(src, dst)
+    done.append(dst)
+    if len(done) == renames:
+        os._exit(3)
+
+os.rename = rename
+
+async def main():
+    async with atomic_folder(target, overwrite=True) as tmp:
+        (tmp / "f").write_text("new")
+
+asyncio.run(main())
+"""
+
+
+async def crash_in_folder_swap(target: Path, renames: int) -> Path:
+    """Kill a child in the middle of swapping a folder onto ``target``; return the swap."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SWAP_CRASH, str(target), str(renames)
+    )
+    assert await child.wait() == 3
+    [swap] = [target.parent / n for n in names(target.parent) if n.endswith(".swap")]
+    return swap
+
+
+async def test_swap_cut_before_the_new_folder_went_in_is_restored(tmp_path: Path) -> None:
+    """Killed right after parking the old folder: the sweep renames it back."""
+    target = make_folder(tmp_path / "out")
+    swap = await crash_in_folder_swap(target, 1)
+    assert not target.exists()
+    report = await sweep(tmp_path)
+    assert report.restored == [(swap, target)]
+    assert len(report.removed) == 1  # the new tree, still under its temp name
+    assert report.failed == []
+    assert names(tmp_path) == ["out"]
+    assert (target / "sub" / "f").read_text() == "x"
+
+
+async def test_swap_cut_after_the_new_folder_went_in_is_removed(tmp_path: Path) -> None:
+    """Killed right after the new folder went in: the sweep removes the parked old one."""
+    target = make_folder(tmp_path / "out")
+    swap = await crash_in_folder_swap(target, 2)
+    report = await sweep(tmp_path)
+    assert report.removed == [swap]
+    assert (report.restored, report.failed) == ([], [])
+    assert names(tmp_path) == ["out"]
+    assert (target / "f").read_text() == "new"
+
+
+async def test_swap_of_a_live_writer_is_kept(tmp_path: Path) -> None:
+    """A swap whose process is alive is kept, even with its target missing."""
+    swap = make_folder(tmp_path / temp_name("out", "swap"))
+    report = await sweep(tmp_path)
+    assert report.kept == [swap]
+    assert report.restored == []
+    assert names(tmp_path) == [swap.name]
+
+
+async def test_swap_age_counts_from_when_it_was_parked(tmp_path: Path, live_child: int) -> None:
+    """min_age judges a swap by its ctime too: its mtime is the old target's, however old."""
+    swap = make_folder(tmp_path / temp_name_for("out", pid=live_child, kind="swap"))
+    age(swap, 3600)
+    report = await sweep(tmp_path, min_age=600)
+    assert report.kept == [swap]
+    assert names(tmp_path) == [swap.name]
+
+
+async def test_swap_whose_name_may_be_cut_is_kept_and_reported(tmp_path: Path, dead: int) -> None:
+    """A swap whose target name may be truncated is never guessed at: it stays, as failed."""
+    swap = make_folder(tmp_path / temp_name_for("x" * _names._BASE_BYTES, pid=dead, kind="swap"))
+    report = await sweep(tmp_path)
+    [(path, message)] = report.failed
+    assert path == swap
+    assert "rename this back" in message
+    assert (report.removed, report.restored, report.kept) == ([], [], [])
+    assert names(tmp_path) == [swap.name]
+
+
+async def test_old_temps_of_earlier_builds_are_settled_like_swaps(
+    tmp_path: Path, dead: int
+) -> None:
+    """An ``.old`` (the swap name of earlier builds) is restored if its target is missing."""
+    missing = make_folder(tmp_path / temp_name_for("out", pid=dead, kind="old"))
+    present = make_file(tmp_path / temp_name_for("f", pid=dead, kind="old"), "old")
+    make_file(tmp_path / "f", "new")
+    report = await sweep(tmp_path)
+    assert report.restored == [(missing, tmp_path / "out")]
+    assert report.removed == [present]
+    assert names(tmp_path) == ["f", "out"]
+    assert (tmp_path / "f").read_text() == "new"
+    assert (tmp_path / "out" / "sub" / "f").read_text() == "x"
 
 
 async def test_temp_named_symlink_is_removed_without_following(tmp_path: Path, dead: int) -> None:
@@ -204,6 +368,7 @@ async def test_mixed_directory(tmp_path: Path, dead: int, live_child: int) -> No
     report = await sweep(tmp_path)
     assert sorted(report.removed) == sorted(gone)
     assert sorted(report.kept) == sorted(kept)
+    assert sorted(report.kept_reasons) == sorted(kept)
     assert report.failed == []
     assert names(tmp_path) == sorted(p.name for p in kept + ordinary)
 
@@ -297,7 +462,8 @@ async def test_negative_min_age_raises_value_error(tmp_path: Path) -> None:
 async def test_report_lists_paths(tmp_path: Path, dead: int) -> None:
     """The report's fields are lists of Path (failed: with a message), empty by default."""
     report = SweepReport()
-    assert (report.removed, report.kept, report.failed) == ([], [], [])
+    assert (report.removed, report.kept, report.failed, report.restored) == ([], [], [], [])
+    assert report.kept_reasons == {}
     temp = make_file(tmp_path / temp_name_for("a", pid=dead))
     report = await sweep(str(tmp_path))
     assert report.removed == [temp]

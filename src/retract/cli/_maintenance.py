@@ -41,22 +41,31 @@ async def sweep(
         _json.dump(
             {
                 "removed": [str(p) for p in report.removed],
-                "kept": [str(p) for p in report.kept],
+                "restored": [
+                    {"from": str(swap), "to": str(target)} for swap, target in report.restored
+                ],
+                "kept": [
+                    {"path": str(p), "reason": report.kept_reasons.get(p)} for p in report.kept
+                ],
                 "failed": [{"path": str(p), "error": e} for p, e in report.failed],
             },
             console.out,
         )
     else:
         for path in report.removed:
-            console.print(f"removed {path}")
+            console.print(f"removed  {path}")
+        for swap, target in report.restored:
+            console.print(f"restored {target} (from {swap}, left by a folder swap cut short)")
         for path in report.kept:
-            console.print(f"kept    {path} (its process is still running)")
+            reason = report.kept_reasons.get(path, "its writer may still be using it")
+            console.print(f"kept     {path} ({reason})")
         for path, error in report.failed:
-            console.print(f"FAILED  {path}: {error}")
+            console.print(f"FAILED   {path}: {error}")
         removed = len(report.removed)
         console.print(
             f"{removed} abandoned temp{'s' if removed != 1 else ''} removed, "
-            f"{len(report.kept)} kept, {len(report.failed)} failed"
+            f"{len(report.restored)} restored, {len(report.kept)} kept, "
+            f"{len(report.failed)} failed"
         )
     return ExitCode.FAILURE if report.failed else ExitCode.OK
 

@@ -10,6 +10,7 @@ from ._atomic import atomic_write_bytes as atomic_write_bytes
 from ._atomic import atomic_write_text as atomic_write_text
 from ._names import SweepReport as SweepReport
 from ._names import is_temp_name as is_temp_name
+from ._rename import has_native_renames as has_native_renames
 from ._sweep import sweep as sweep
 
 __all__ = (
@@ -22,6 +23,7 @@ __all__ = (
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "has_native_renames",
     "is_temp_name",
     "sweep",
 )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import codecs
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+
+import anyio.lowlevel
 
 from .._async import run_sync
 from ._durable import (
@@ -44,6 +46,22 @@ SPILL_BYTES = 4 * 1024 * 1024
 
 Mode = Literal["w", "wt", "wb"]
 StrPath = str | os.PathLike[str]
+
+
+async def _checkpoint(discard: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Raise a cancellation that is already pending, before a commit or prepare starts.
+
+    The worker calls run shielded from their first instant, so without this an already
+    cancelled anyio scope, or a ``task.cancel()`` not yet delivered, would let the write
+    go through. ``discard`` (shielded itself) removes what the block had already put on
+    disk before the cancellation is raised.
+    """
+    try:
+        await anyio.lowlevel.checkpoint()
+    except BaseException:
+        if discard is not None:
+            await discard()
+        raise
 
 
 def check_permissions(permissions: int | None) -> int | None:
@@ -223,12 +241,17 @@ class AtomicWrite:
         file = self._file
         file.closed = True
         if exc is not None or file._failed:
-            if file._temp is not None:
-                await run_sync(file._discard)
+            await self._discard_temp()
             if exc is None:
                 raise file._failed_error()
             return
+        await _checkpoint(self._discard_temp)
         await run_sync(file._commit, self._overwrite, self._durable, self._permissions)
+
+    async def _discard_temp(self) -> None:
+        """Remove the temp a spill made, if any (in a worker thread, shielded)."""
+        if self._file._temp is not None:
+            await run_sync(self._file._discard)
 
 
 def atomic_write(
@@ -275,10 +298,12 @@ def atomic_write(
     :raises PermissionError: the directory is not writable.
     :raises OSError: the file name is too long, or the disk failed (a failed fsync).
 
-    If the awaiting task is cancelled during the commit, the commit still finishes (the
-    target then holds the new content) and the cancellation is raised after it; the call
-    never returns before the outcome is settled. A cancellation inside the block discards
-    the write.
+    Cancellation: one inside the block, or one already pending when the block ends (a
+    cancelled anyio scope, a ``task.cancel()`` not yet delivered), discards the write;
+    the target is untouched and no temp remains. One that arrives once the commit has
+    started waits for it: the commit finishes (the target then holds the new content)
+    and the cancellation is raised after it. Either way the call never returns before
+    the outcome is settled.
     """
     return AtomicWrite(
         path,
@@ -359,6 +384,7 @@ class AtomicFolder:
         if self._entered:
             raise RuntimeError("an atomic_folder() context can be entered only once")
         self._entered = True
+        await _checkpoint()  # a cancellation already pending creates nothing
         try:
             await run_sync(self._prepare)
         except BaseException:
@@ -385,6 +411,7 @@ class AtomicFolder:
         if exc is not None:
             await run_sync(discard_folder, folder)
             return
+        await _checkpoint(lambda: run_sync(discard_folder, folder))
         await run_sync(_commit_folder, folder, target, fresh_mode, self._overwrite, self._durable)
 
 
@@ -425,8 +452,10 @@ def atomic_folder(
     :raises CrossDeviceError: ``temp_dir`` is on another filesystem.
     :raises DurabilityError: the new folder is in place but the parent fsync failed.
 
-    Cancellation behaves as in :func:`atomic_write`: the swap, once started, finishes
-    before the cancellation is raised; a block that raises or is cancelled leaves the
+    Cancellation behaves as in :func:`atomic_write`: a cancellation already pending at
+    entry creates nothing; one inside the block, or already pending when the block ends,
+    leaves the target untouched and removes the temp folder; the swap, once started,
+    finishes before the cancellation is raised. A block that raises also leaves the
     target untouched and removes the temp folder.
     """
     return AtomicFolder(path, overwrite=overwrite, durable=durable, temp_dir=temp_dir)

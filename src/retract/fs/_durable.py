@@ -14,13 +14,12 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._errors import CrossDeviceError, DurabilityError, FileAlreadyExistsError
-from ._names import temp_name
+from ._names import remove_tree, temp_name
 from ._rename import exchange, rename_noreplace
 
 __all__ = (
@@ -38,6 +37,9 @@ __all__ = (
 logger = logging.getLogger("retract")
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+# For fsyncing an existing file: O_NONBLOCK so that a FIFO swapped in after the type check
+# cannot block the open forever (it does nothing to regular files).
+_SYNC_FLAGS = os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _ATTEMPTS = 100
 
 
@@ -196,8 +198,14 @@ def finish_temp(temp: TempFile, target: str, *, durable: bool, permissions: int 
             try:
                 os.fchown(fd, old.st_uid, old.st_gid)
             except PermissionError:
-                # Only root may give a file away; keep our own ownership then.
+                # Only root may give a file away, but an owner may still hand it to a group
+                # they belong to: keep at least the group then.
                 logger.debug("could not keep the owner of %s", target)
+                if mine.st_gid != old.st_gid:
+                    try:
+                        os.fchown(fd, -1, old.st_gid)
+                    except PermissionError:
+                        logger.debug("could not keep the group of %s", target)
     if permissions is not None:
         os.fchmod(fd, permissions)
     elif old is not None:
@@ -340,25 +348,40 @@ def prepare_folder(
 
 
 def discard_folder(folder: str) -> None:
-    """Remove a temp folder and everything in it."""
-    shutil.rmtree(folder, ignore_errors=True)
-    if os.path.lexists(folder):
-        logger.warning("could not remove the temp folder %s; `retract sweep` will", folder)
+    """Remove a temp folder and everything in it (read-only folders inside included)."""
+    try:
+        remove_tree(folder)
+    except OSError:
+        logger.warning(
+            "could not remove the temp folder %s; `retract sweep` will", folder, exc_info=True
+        )
 
 
 def sync_tree(root: str) -> None:
-    """Fsync every regular file and directory under ``root`` (bottom-up)."""
+    """Fsync every regular file and directory under ``root`` (bottom-up).
+
+    Symlinks, FIFOs, sockets and devices are skipped: they hold no data of the tree, and
+    opening a FIFO would block until a writer came.
+    """
     for current, _dirs, files in os.walk(root, topdown=False):
         for name in files:
             path = os.path.join(current, name)
-            if os.path.islink(path):
-                continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                _fsync_file(path)
         fsync_dir(current)
+
+
+def _fsync_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | _SYNC_FLAGS)
+    except PermissionError:
+        # A write-only file (mode 0o200) cannot be opened for reading by its owner; fsync
+        # works through any descriptor.
+        fd = os.open(path, os.O_WRONLY | _SYNC_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def commit_folder(

@@ -4,12 +4,14 @@ Linux has ``renameat2(2)`` with ``RENAME_NOREPLACE`` (fail with EEXIST instead o
 replacing) and ``RENAME_EXCHANGE`` (swap two paths, both must exist). macOS has the same
 two through ``renameatx_np(2)``. Elsewhere, and on filesystems that refuse the flags
 (EINVAL), a portable fallback runs: ``link`` + ``unlink`` for a no-replace of a file
-(atomic too), and for directories a check-then-rename that has a small race window.
-Everything here is blocking; callers run it in a worker thread.
+(atomic too), and a check-then-rename, which has a small race window, for directories
+and on filesystems without hard links (FAT, some FUSE). Everything here is blocking;
+callers run it in a worker thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 from ._names import temp_name
 
-__all__ = ("exchange", "has_native_flags", "rename_noreplace")
+__all__ = ("exchange", "has_native_flags", "has_native_renames", "rename_noreplace")
 
 _LINUX_NOREPLACE = 1
 _LINUX_EXCHANGE = 2
@@ -79,11 +81,24 @@ _native, _NOREPLACE, _EXCHANGE = _load()
 #: Errnos that mean "this kernel or filesystem cannot do it", not "it failed".
 _UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 _use_native = _native is not None
+#: Errnos of ``link`` that mean "this filesystem has no hard links (for this file)".
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
 
 
 def has_native_flags() -> bool:
     """Whether atomic no-replace and exchange renames come from the kernel here."""
     return _use_native
+
+
+def has_native_renames() -> bool:
+    """Whether the atomic no-replace and exchange renames come from the kernel here.
+
+    True on Linux (``renameat2``) and macOS (``renameatx_np``). False means the portable
+    fallback runs: folder no-replace renames then have a short race window, and a folder
+    swap (``atomic_folder(overwrite=True)``) leaves a moment in which the target is
+    missing.
+    """
+    return has_native_flags()
 
 
 def _native_rename(src: str, dst: str, flags: int) -> bool:
@@ -100,31 +115,55 @@ def _native_rename(src: str, dst: str, flags: int) -> bool:
 def rename_noreplace(src: str, dst: str) -> None:
     """Rename ``src`` to ``dst``, failing with EEXIST (FileExistsError) if ``dst`` exists.
 
-    Atomic for files everywhere; for directories only where the kernel has the flag.
+    Atomic where the kernel has the flag. Without it, a file is hard-linked to ``dst``
+    (atomic no-replace), then ``src`` is unlinked; if that unlink fails, ``dst`` is
+    unlinked again before the error is raised, so a failure leaves only ``src``. A crash
+    between the two steps leaves both names on the one file (when ``src`` is a temp name,
+    a sweep unlinks just that name; ``dst`` keeps the data). Directories, and files on a
+    filesystem without hard links, get a check-then-rename instead: a path created at
+    ``dst`` between the check and the rename may be replaced.
     """
     if _use_native and _native_rename(src, dst, _NOREPLACE):
         return
     if os.path.isdir(src) and not os.path.islink(src):
-        # No atomic way: a directory cannot be hard-linked. The window between the check
-        # and the rename is the fallback's documented weakness.
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
-        os.rename(src, dst)
+        # No atomic way: a directory cannot be hard-linked.
+        _check_then_rename(src, dst)
         return
-    os.link(src, dst, follow_symlinks=False)  # EEXIST if dst exists: atomic no-replace
-    os.unlink(src)
+    try:
+        os.link(src, dst, follow_symlinks=False)  # EEXIST if dst exists: atomic no-replace
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        _check_then_rename(src, dst)
+        return
+    try:
+        os.unlink(src)
+    except BaseException:
+        # Two names on one file would outlive the error: keep the one we started from.
+        with contextlib.suppress(OSError):
+            os.unlink(dst)
+        raise
+
+
+def _check_then_rename(src: str, dst: str) -> None:
+    # The window between the check and the rename is the fallback's documented weakness.
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+    os.rename(src, dst)
 
 
 def exchange(a: str, b: str) -> None:
     """Swap ``a`` and ``b`` atomically; both must exist.
 
     Without the kernel's flag this falls back to three renames through a side name,
-    which is not atomic (readers may briefly see ``b`` missing).
+    which is not atomic (readers may briefly see ``b`` missing). The side name is a
+    ``swap`` temp name next to ``b``: after a crash, a sweep renames it back if ``b`` is
+    missing and removes it if ``b`` is there (see :mod:`retract.fs._names`).
     """
     if _use_native and _native_rename(a, b, _EXCHANGE):
         return
-    # The side name is a temp name, so a sweep cleans it up after a crash.
-    side = os.path.join(os.path.dirname(b), temp_name(os.path.basename(b), "old"))
+    # Not an "old" or "tmp" temp: between the first two renames it is the only copy of b.
+    side = os.path.join(os.path.dirname(b), temp_name(os.path.basename(b), "swap"))
     os.rename(b, side)
     try:
         os.rename(a, b)

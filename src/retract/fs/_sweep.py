@@ -16,14 +16,21 @@ async def sweep(
     """Remove retract temps in ``directory`` whose writing process is gone.
 
     Only names retract itself gives its temps are touched
-    (``.<name>.retract-<host>-<pid>-<random>.tmp`` and ``.old``), and only when the
-    process that made them no longer runs on this host: a temp that a live writer still
-    owns is kept. With ``min_age`` (seconds), temps older
-    than that are removed even if their pid is alive (for pid reuse, or temps from
-    another host on a shared filesystem); never pass one shorter than your longest write.
+    (``.<name>.retract-<host>-<pid>-<random>.tmp``, ``.swap`` and ``.old``), and only
+    when the process that made them no longer runs on this host: a temp that a live
+    writer still owns is kept (``kept_reasons`` says why). With ``min_age`` (seconds),
+    temps older than that are handled even if their pid is alive (for pid reuse, or temps
+    from another host on a shared filesystem); never pass one shorter than your longest
+    write.
+
+    A ``.swap`` (``.old`` from earlier builds) is a folder's old tree that a swap without
+    the kernel's exchange flag had parked when its process died: if the folder is
+    missing, the swap is renamed back (``restored``); if the folder is there, the swap
+    is removed. One whose folder name may be cut short in the temp name is left for you
+    (``failed`` says what to do).
 
     :param recursive: also sweep the subdirectories (symlinks are not followed).
-    :return: what was removed, kept and could not be removed.
+    :return: what was removed, restored, kept (and why) and could not be handled.
     :raises NotADirectoryError: ``directory`` is not a directory.
 
     Runs in a worker thread; if the awaiting task is cancelled, the sweep finishes first.
