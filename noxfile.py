@@ -2,7 +2,8 @@
 
 ``nox -s tests`` runs the suite on every Python the machine has (3.11, 3.12, 3.13);
 ``nox -s lint typing examples`` are what CI checks besides; ``nox -s bench`` prints
-the benchmark ratios; ``nox -s crash`` runs the long kill -9 harness.
+the benchmark ratios; ``nox -s crash`` runs the long kill -9 harness of the journal,
+``nox -s crash_fs`` the kill -9 fuzz of atomic writes with 200 kills.
 """
 
 from __future__ import annotations
@@ -66,17 +67,34 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.run(
-        "uv",
-        "run",
-        "--group",
-        "bench",
-        "python",
-        "benchmarks/journal.py",
-        *session.posargs,
-        env=_env(session),
-        external=True,
-    )
+    """Every benchmark: ``nox -s bench -- --quick``; one: ``nox -s bench -- atomic --dir D``.
+
+    Arguments without a benchmark's name first (``--quick``, ``--rounds N``) go to every
+    benchmark. A missed target does not stop the next benchmark; the session fails at
+    the end, naming the benchmarks that missed one.
+    """
+    benchmarks = ["journal", "atomic"]
+    args = list(session.posargs)
+    if args and args[0] in benchmarks:
+        benchmarks, args = [args[0]], args[1:]
+    missed = []
+    for name in benchmarks:
+        try:
+            session.run(
+                "uv",
+                "run",
+                "--group",
+                "bench",
+                "python",
+                f"benchmarks/{name}.py",
+                *args,
+                env=_env(session),
+                external=True,
+            )
+        except nox.command.CommandFailed:
+            missed.append(name)
+    if missed:
+        session.error(f"missed a target (or failed): {', '.join(missed)}")
 
 
 @nox.session
@@ -84,3 +102,19 @@ def crash(session: nox.Session) -> None:
     """The kill -9 harnesses with many more trials than the default suite."""
     env = _env(session) | {"RETRACT_KILL_TRIALS": os.environ.get("RETRACT_KILL_TRIALS", "500")}
     session.run("uv", "run", "pytest", "-m", "slow", *session.posargs, env=env, external=True)
+
+
+@nox.session
+def crash_fs(session: nox.Session) -> None:
+    """The atomic-file kill -9 fuzz with 200 kills; prints the torn and leaked counts."""
+    env = _env(session) | {"RETRACT_KILLS": os.environ.get("RETRACT_KILLS", "200")}
+    session.run(
+        "uv",
+        "run",
+        "pytest",
+        "-s",
+        "tests/fs/test_kill_fuzz.py",
+        *session.posargs,
+        env=env,
+        external=True,
+    )
