@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 
@@ -93,3 +94,56 @@ def test_thread_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         set_thread_limit(0)
     set_thread_limit(DEFAULT_THREADS)
+
+
+async def test_run_sync_passes_results_errors_and_context() -> None:
+    """The call's result and exception reach the caller; it sees the caller's contextvars."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("caller")
+    assert await run_sync(var.get) == "caller"
+
+    def fail() -> None:
+        raise KeyError("inside")
+
+    with pytest.raises(KeyError, match="inside"):
+        await run_sync(fail)
+
+
+async def test_run_sync_absorbs_repeated_cancels_until_the_thread_ends() -> None:
+    """Many task.cancel() calls while the thread runs: it still ends before the caller."""
+    ended = threading.Event()
+
+    def blocking() -> None:
+        time.sleep(0.05)
+        ended.set()
+
+    task = asyncio.create_task(run_sync(blocking))
+    for _ in range(5):
+        await asyncio.sleep(0.005)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended.is_set()
+
+
+async def test_set_thread_limit_bounds_concurrent_calls() -> None:
+    """No more calls than the limit run at once; later calls use a new limit."""
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def blocking() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+
+    set_thread_limit(2)
+    try:
+        await asyncio.gather(*(run_sync(blocking) for _ in range(6)))
+        assert peak == 2
+    finally:
+        set_thread_limit(DEFAULT_THREADS)

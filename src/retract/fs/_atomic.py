@@ -9,15 +9,14 @@ buffer to the temp file in between, so memory stays bounded.
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-import anyio.lowlevel
-
-from .._async import run_sync
+from .._async import checkpoint_if_cancelled, run_sync
 from ._durable import (
     TempFile,
     commit_file,
@@ -57,7 +56,7 @@ async def _checkpoint(discard: Callable[[], Awaitable[None]] | None = None) -> N
     disk before the cancellation is raised.
     """
     try:
-        await anyio.lowlevel.checkpoint()
+        await checkpoint_if_cancelled()
     except BaseException:
         if discard is not None:
             await discard()
@@ -331,10 +330,44 @@ async def atomic_write_bytes(
 
     Same guarantees, errors and cancellation behaviour as :func:`atomic_write`.
     """
-    async with atomic_write(
-        path, "wb", overwrite=overwrite, durable=durable, permissions=permissions, temp_dir=temp_dir
-    ) as f:
-        await f.write(data)
+    given: object = data  # checked at run time, whatever the annotation says
+    if isinstance(given, str):
+        raise TypeError("a bytes-like object is required, not 'str' (use atomic_write_text)")
+    # The data is all here: no buffer object, just the one worker-thread call.
+    chunk = bytes(data)
+    check_permissions(permissions)
+    await checkpoint_if_cancelled()
+    write = functools.partial(
+        _write_now,
+        path,
+        temp_dir,
+        chunk,
+        overwrite=overwrite,
+        durable=durable,
+        permissions=permissions,
+    )
+    await run_sync(write)
+
+
+def _write_now(
+    path: StrPath,
+    temp_dir: StrPath | None,
+    chunk: bytes,
+    *,
+    overwrite: bool,
+    durable: bool,
+    permissions: int | None,
+) -> None:
+    target, directory = resolve_target(path, temp_dir)
+    commit_file(
+        None,
+        target,
+        directory,
+        (chunk,),
+        overwrite=overwrite,
+        durable=durable,
+        permissions=permissions,
+    )
 
 
 async def atomic_write_text(
