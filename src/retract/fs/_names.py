@@ -28,8 +28,8 @@ import errno
 import hashlib
 import logging
 import os
+import random
 import re
-import secrets
 import shutil
 import socket
 import stat
@@ -55,6 +55,11 @@ _PATTERN = re.compile(
     r"\.(?P<kind>tmp|swap|old)\Z",
     re.DOTALL,
 )
+# Temp names need to be unlikely to collide, not secret (they are created exclusively
+# and retried): a seeded generator saves a getrandom() system call per name.
+_random = random.Random()  # noqa: S311
+os.register_at_fork(after_in_child=_random.seed)
+
 #: Bytes of the target's name kept in a temp's name: the suffix needs about 40, and a
 #: name may have at most 255 bytes on every common filesystem.
 _BASE_BYTES = 180
@@ -65,7 +70,7 @@ def temp_name(target_name: str, kind: str = "tmp") -> str:
     base = os.fsencode(target_name)[:_BASE_BYTES]
     # Cutting bytes can split a character; surrogateescape keeps the name round-trippable.
     shortened = base.decode("utf-8", "surrogateescape")
-    return f".{shortened}.retract-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.{kind}"
+    return f".{shortened}.retract-{_HOST}-{os.getpid()}-{_random.getrandbits(32):08x}.{kind}"
 
 
 def is_temp_name(name: str) -> bool:
