@@ -17,7 +17,14 @@ from retract import (
     NotSerializableError,
     open_journal,
 )
-from retract.journal._encoding import MAX_PAYLOAD_BYTES, check_op_type, decode, encode, new_id
+from retract.journal._encoding import (
+    MAX_DEPTH,
+    MAX_PAYLOAD_BYTES,
+    check_op_type,
+    decode,
+    encode,
+    new_id,
+)
 
 json_scalars = (
     st.none()
@@ -156,3 +163,17 @@ async def test_bad_context_is_refused_before_the_session_starts() -> None:
         with pytest.raises(NotSerializableError, match=r"context\['when'\]"):
             journal.start_session(when=object())
         assert await journal.list_sessions() == []
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    """Exactly MAX_DEPTH nested containers encode; one more is refused on every Python."""
+
+    def nested(depth: int) -> dict[str, Any]:
+        payload: dict[str, Any] = {"leaf": 1}
+        for _ in range(depth - 1):
+            payload = {"k": payload}
+        return payload
+
+    assert encode(nested(MAX_DEPTH), "payload")
+    with pytest.raises(NotSerializableError, match="nested more than"):
+        encode(nested(MAX_DEPTH + 1), "payload")

@@ -134,6 +134,11 @@ def encode(value: Mapping[str, Any], what: str, *, limit: int = MAX_PAYLOAD_BYTE
         raise  # pragma: no cover - _raise_for_bad_value always raises here
     if _has_foreign_key(value):
         _raise_for_bad_value(value, what)
+    if len(text) > MAX_DEPTH and text.count("{") + text.count("[") > MAX_DEPTH:
+        # Only a value with that many containers can be nested that deep. Newer Pythons
+        # encode (and decode) deeper values than 3.11 can read back, so the limit is
+        # checked whatever the encoder managed: a journal stays readable everywhere.
+        _check_depth(value, what)
     if len(text) > limit:
         raise InvalidRecordError(
             f"{what} is {len(text)} bytes of JSON, over the limit of {limit}: store large "
@@ -183,6 +188,29 @@ _CONTAINERS = (dict, list, tuple)
 
 #: A payload the encoder cannot handle for its depth is reported past this depth.
 MAX_DEPTH = 500
+
+
+def _check_depth(value: Any, path: str) -> None:
+    """Raise NotSerializableError if ``value`` nests more than MAX_DEPTH containers."""
+    level: list[tuple[Any, str]] = [(value, path)]
+    depth = 1
+    while level:
+        if depth > MAX_DEPTH:
+            where = level[0][1]
+            raise NotSerializableError(
+                f"{where} is nested more than {MAX_DEPTH} levels deep: flatten it before recording",
+                where,
+            )
+        inner: list[tuple[Any, str]] = []
+        for item, where in level:
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            inner += [
+                (child, f"{where}[{key!r}]" if isinstance(item, dict) else f"{where}[{key}]")
+                for key, child in pairs
+                if isinstance(child, dict | list | tuple)
+            ]
+        level = inner
+        depth += 1
 
 
 def _raise_for_bad_value(value: Any, path: str, inside: tuple[int, ...] = ()) -> None:
