@@ -18,7 +18,6 @@ import errno
 import os
 import random
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,29 +40,12 @@ from retract.fs import _images, _ops, is_temp_name
 from retract.fs._durable import TempFile, install_file
 from retract.fs._images import keep_copy, keep_moved
 from retract.fs._ops import FsOp, copy_op, delete_op, mkdir_op, move_op, rmtree_op, write_op
+from tests.fs._helpers import snapshot
 from tests.helpers import StorageFactory
 
 SEED = int(os.environ.get("RETRACT_SEED") or random.SystemRandom().randrange(2**32))
 O = OperationState  # noqa: E741
 Payload = dict[str, Any]
-Entry = tuple[str, int, bytes | str | None]
-
-
-def snapshot(root: Path) -> dict[str, Entry]:
-    """Every entry under ``root``: kind, permission bits, and bytes or symlink target."""
-    found: dict[str, Entry] = {}
-    for current, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(current, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            if stat.S_ISLNK(st.st_mode):
-                found[rel] = ("symlink", 0, os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                found[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
-            else:
-                found[rel] = ("file", stat.S_IMODE(st.st_mode), Path(path).read_bytes())
-    return found
 
 
 def leftovers(journal: Journal, session_id: str, root: Path) -> list[str]:

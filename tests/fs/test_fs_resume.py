@@ -30,7 +30,7 @@ from retract import (
 from retract.fs import _ops
 from retract.journal.storage._protocol import OperationUpdate
 
-from .test_session_fs import snapshot
+from ._helpers import snapshot
 
 SHM = Path("/dev/shm")
 

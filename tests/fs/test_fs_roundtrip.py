@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,31 +28,14 @@ from retract import (
     open_journal,
 )
 from retract.fs import is_temp_name
+from tests.fs._helpers import snapshot
 
-Entry = tuple[str, int, bytes | str | None]
 #: A drawn tree: a file is (bytes, mode), a directory (mode, children), a symlink a str.
 Node = tuple[bytes, int] | tuple[int, dict[str, "Node"]] | str
 
 NAMES = ("a", "b", "l", "d", "d/x", "d/e", "d/e/y", "n", "n/z")
 FILE_MODES = (0o600, 0o644, 0o755)
 DIR_MODES = (0o700, 0o755)
-
-
-def snapshot(root: Path) -> dict[str, Entry]:
-    """Every entry under ``root``: kind, permission bits, and bytes or symlink target."""
-    found: dict[str, Entry] = {}
-    for current, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(current, name)
-            st_ = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            if stat.S_ISLNK(st_.st_mode):
-                found[rel] = ("symlink", 0, os.readlink(path))
-            elif stat.S_ISDIR(st_.st_mode):
-                found[rel] = ("dir", stat.S_IMODE(st_.st_mode), None)
-            else:
-                found[rel] = ("file", stat.S_IMODE(st_.st_mode), Path(path).read_bytes())
-    return found
 
 
 def build(folder: Path, children: dict[str, Node]) -> None:

@@ -24,25 +24,7 @@ from retract import (
     open_journal,
 )
 from retract.fs import is_temp_name
-
-Entry = tuple[str, int, bytes | str | None]
-
-
-def snapshot(root: Path) -> dict[str, Entry]:
-    """Every entry under ``root``: kind, permission bits, and bytes or symlink target."""
-    found: dict[str, Entry] = {}
-    for current, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(current, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            if stat.S_ISLNK(st.st_mode):
-                found[rel] = ("symlink", 0, os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                found[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
-            else:
-                found[rel] = ("file", stat.S_IMODE(st.st_mode), Path(path).read_bytes())
-    return found
+from tests.fs._helpers import snapshot
 
 
 def temps_under(root: Path) -> list[str]:
