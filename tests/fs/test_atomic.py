@@ -752,6 +752,20 @@ async def test_folder_overwrite_keeps_the_old_folder_mode(
     assert mode_of(target) == 0o750
 
 
+@pytest.mark.skipif(not is_root(), reason="only root can give a folder to another owner")
+async def test_folder_overwrite_keeps_the_old_folder_owner(tmp_path: Path) -> None:
+    """A replaced folder keeps the old folder's owner and group (and its setgid bit)."""
+    target = tmp_path / "out"
+    target.mkdir()
+    os.chown(target, 65534, 65534)
+    target.chmod(0o2750)
+    async with atomic_folder(target, overwrite=True) as tmp:
+        (tmp / "f").write_text("x")
+    st = target.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert mode_of(target) == 0o2750
+
+
 async def test_folder_mode_set_in_the_block_wins(tmp_path: Path) -> None:
     """Bits the block gave the temp folder are kept on overwrite."""
     target = tmp_path / "out"

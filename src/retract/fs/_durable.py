@@ -416,6 +416,18 @@ def commit_folder(
             discard_folder(folder)
 
 
+def _keep_owner(folder: str, old: os.stat_result) -> None:
+    """Give the new folder the old one's owner and group, where the process may."""
+    mine = os.stat(folder)
+    if (mine.st_uid, mine.st_gid) == (old.st_uid, old.st_gid):
+        return
+    try:
+        os.chown(folder, old.st_uid, old.st_gid)
+    except PermissionError:
+        with contextlib.suppress(PermissionError):
+            os.chown(folder, -1, old.st_gid)
+
+
 def _swap_in(folder: str, target: str, fresh_mode: int, *, overwrite: bool) -> bool:
     """Rename ``folder`` onto ``target``; True when an old tree was swapped out."""
     while True:
@@ -431,9 +443,10 @@ def _swap_in(folder: str, target: str, fresh_mode: int, *, overwrite: bool) -> b
         else:
             return False
         try:
-            old_mode = stat.S_IMODE(os.stat(target).st_mode)
+            old = os.stat(target)
+            _keep_owner(folder, old)  # first: a chown clears setgid on a directory
             if stat.S_IMODE(os.stat(folder).st_mode) == fresh_mode:
-                os.chmod(folder, old_mode)  # keep the old folder's bits unless changed
+                os.chmod(folder, stat.S_IMODE(old.st_mode))  # unless the block changed them
             exchange(folder, target)
         except FileNotFoundError:
             continue  # the target vanished between the two calls: try no-replace again
