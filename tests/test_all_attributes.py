@@ -5,11 +5,12 @@ from __future__ import annotations
 import retract
 import retract.fs
 import retract.journal
+import retract.tracking
 
 
 def test_all_is_a_sorted_tuple_of_existing_names() -> None:
     """``__all__`` is a tuple, and each name in it is importable."""
-    for module in (retract, retract.fs, retract.journal):
+    for module in (retract, retract.fs, retract.journal, retract.tracking):
         assert isinstance(module.__all__, tuple)
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
@@ -18,7 +19,7 @@ def test_all_is_a_sorted_tuple_of_existing_names() -> None:
 def test_public_classes_claim_the_public_module() -> None:
     """Every exported name is defined in a private module and re-exported explicitly."""
     public = {name for name in dir(retract) if not name.startswith("_")}
-    assert public <= set(retract.__all__) | {"journal", "cli", "fs"}
+    assert public <= set(retract.__all__) | {"journal", "cli", "fs", "tracking"}
 
 
 def test_design_contract_names_exist() -> None:
@@ -39,5 +40,9 @@ def test_design_contract_names_exist() -> None:
         "atomic_write_bytes",
         "atomic_write_text",
         "FileAlreadyExistsError",
+        "TrackedDict",
+        "TrackedList",
+        "TrackedSet",
+        "tracking_actor",
     ):
         assert name in retract.__all__

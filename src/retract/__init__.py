@@ -4,11 +4,13 @@ The public face of the library; everything here is re-exported from private modu
 """
 
 from ._async import set_thread_limit as set_thread_limit
+from ._errors import ContainerLockedError as ContainerLockedError
 from ._errors import CrossDeviceError as CrossDeviceError
 from ._errors import DriftError as DriftError
 from ._errors import DurabilityError as DurabilityError
 from ._errors import FileAlreadyExistsError as FileAlreadyExistsError
 from ._errors import FileOperationError as FileOperationError
+from ._errors import HistoryTruncatedError as HistoryTruncatedError
 from ._errors import InvalidRecordError as InvalidRecordError
 from ._errors import JournalBusyError as JournalBusyError
 from ._errors import JournalClosedError as JournalClosedError
@@ -21,6 +23,8 @@ from ._errors import SchemaVersionError as SchemaVersionError
 from ._errors import SessionNotFoundError as SessionNotFoundError
 from ._errors import SessionStateError as SessionStateError
 from ._errors import StorageError as StorageError
+from ._errors import SubscriberOverflowError as SubscriberOverflowError
+from ._errors import TrackingError as TrackingError
 from ._errors import UndoError as UndoError
 from ._errors import UndoErrorGroup as UndoErrorGroup
 from ._errors import UndoFailedError as UndoFailedError
@@ -51,16 +55,28 @@ from .journal import UndoHandler as UndoHandler
 from .journal import UndoPlan as UndoPlan
 from .journal import UndoReport as UndoReport
 from .journal import open_journal as open_journal
+from .tracking import Change as Change
+from .tracking import ChangeCollector as ChangeCollector
+from .tracking import Subscription as Subscription
+from .tracking import TrackedDict as TrackedDict
+from .tracking import TrackedList as TrackedList
+from .tracking import TrackedSet as TrackedSet
+from .tracking import async_queue_observer as async_queue_observer
+from .tracking import tracking_actor as tracking_actor
 
 __version__ = "0.1.0.dev0"
 
 __all__ = (
+    "Change",
+    "ChangeCollector",
+    "ContainerLockedError",
     "CrossDeviceError",
     "DriftError",
     "DurabilityError",
     "FailedOperation",
     "FileAlreadyExistsError",
     "FileOperationError",
+    "HistoryTruncatedError",
     "InMemoryStorage",
     "InvalidRecordError",
     "Journal",
@@ -87,6 +103,12 @@ __all__ = (
     "Step",
     "Storage",
     "StorageError",
+    "SubscriberOverflowError",
+    "Subscription",
+    "TrackedDict",
+    "TrackedList",
+    "TrackedSet",
+    "TrackingError",
     "UndoError",
     "UndoErrorGroup",
     "UndoFailedError",
@@ -98,10 +120,12 @@ __all__ = (
     "UndoableOperation",
     "UnknownOperationTypeError",
     "__version__",
+    "async_queue_observer",
     "atomic_folder",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
     "open_journal",
     "set_thread_limit",
+    "tracking_actor",
 )

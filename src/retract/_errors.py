@@ -20,6 +20,10 @@ from the builtin a caller would naturally catch::
     │   ├── UnknownOperationTypeError (LookupError)  no handler; nothing was undone
     │   ├── UndoFailedError                        a handler failed; undo stopped
     │   └── UndoErrorGroup (ExceptionGroup)        handlers failed; undo continued
+    ├── TrackingError                              a tracked container refused something
+    │   ├── ContainerLockedError (RuntimeError)    mutation of a locked container
+    │   ├── HistoryTruncatedError (LookupError)    a cursor older than the kept history
+    │   └── SubscriberOverflowError               a bounded subscription overflowed
     └── FileOperationError (OSError)               an atomic or reversible file operation
         ├── FileAlreadyExistsError (FileExistsError)  target exists, overwrite=False
         ├── CrossDeviceError                       paths on different filesystems
@@ -39,11 +43,13 @@ if TYPE_CHECKING:
     from .journal._records import UndoReport
 
 __all__ = (
+    "ContainerLockedError",
     "CrossDeviceError",
     "DriftError",
     "DurabilityError",
     "FileAlreadyExistsError",
     "FileOperationError",
+    "HistoryTruncatedError",
     "InvalidRecordError",
     "JournalBusyError",
     "JournalClosedError",
@@ -56,6 +62,8 @@ __all__ = (
     "SessionNotFoundError",
     "SessionStateError",
     "StorageError",
+    "SubscriberOverflowError",
+    "TrackingError",
     "UndoError",
     "UndoErrorGroup",
     "UndoFailedError",
@@ -275,3 +283,26 @@ class DriftError(FileOperationError):
     ) -> None:
         super().__init__(errno, message, filename)
         self.changes = list(changes)
+
+
+class TrackingError(RetractError):
+    """A tracked container (or its history or subscription) refused a request."""
+
+
+class ContainerLockedError(TrackingError, RuntimeError):
+    """The container is locked (``lock()``); call ``unlock()`` before changing it."""
+
+
+class HistoryTruncatedError(TrackingError, LookupError):
+    """The change asked for is older than the bounded history keeps.
+
+    Create the container with a larger ``history=`` (None: unbounded) to look that far
+    back.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SubscriberOverflowError(TrackingError):
+    """A subscription with ``overflow="error"`` filled up; it ended with this error."""

@@ -1,0 +1,175 @@
+"""The hub of a root container: sequence numbers, bounded history, observers.
+
+Every tracked container tree has one ``Tracker``, held by its root. Recording a change
+costs the same whatever the history's length: the history is a ``deque`` with a
+``maxlen``, and a cursor is found by arithmetic on sequence numbers, never by a scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Collection
+from typing import Any
+
+from .._errors import HistoryTruncatedError
+from ._change import Action, Change, Kind, current_actor
+from ._plain import plain
+
+__all__ = ("DEFAULT_HISTORY", "Observer", "Tracker")
+
+logger = logging.getLogger("retract")
+
+#: Changes kept per root container unless ``history=`` says otherwise.
+DEFAULT_HISTORY = 10_000
+
+Observer = Callable[[Change], object]
+
+
+class Tracker:
+    """Sequence numbers, history and observers of one root container (not public)."""
+
+    __slots__ = (
+        "_lock",
+        "capture_snapshots",
+        "capture_stack",
+        "history",
+        "observer_errors",
+        "observers",
+        "root",
+        "seq",
+        "transactions",
+        "wrappers",
+    )
+
+    def __init__(
+        self,
+        root: Any,
+        *,
+        history: int | None,
+        capture_snapshots: bool,
+        capture_stack: bool,
+    ) -> None:
+        if history is not None and (type(history) is not int or history < 0):
+            raise ValueError(f"history must be a number of changes >= 0 or None, not {history!r}")
+        self.root = root
+        self.seq = 0
+        self.history: deque[Change] = deque(maxlen=history)
+        self.observers: list[Observer] = []
+        self.wrappers: dict[Observer, Observer] = {}
+        self.observer_errors = 0
+        self.transactions: list[list[Change]] = []
+        self.capture_snapshots = capture_snapshots
+        self.capture_stack = capture_stack
+        self._lock = threading.Lock()
+
+    def record(self, path: tuple[Any, ...], action: Action, old: Any, new: Any, kind: Kind) -> None:
+        """Make a Change, keep it, and hand it to every observer."""
+        snapshot = stack = None
+        if self.capture_snapshots:
+            snapshot = plain(self.root)
+        if self.capture_stack:
+            stack = tuple(traceback.format_stack(limit=12)[:-3])
+        with self._lock:  # mutations from other threads get distinct, ordered numbers
+            self.seq += 1
+            change = Change(
+                self.seq,
+                path,
+                action,
+                old,
+                new,
+                current_actor(),
+                time.time(),
+                kind,
+                snapshot,
+                stack,
+            )
+            self.history.append(change)
+        for pending in self.transactions:
+            pending.append(change)
+        for observer in self.observers:
+            try:
+                observer(change)
+            except Exception:
+                self.observer_errors += 1
+                logger.exception("a tracking observer raised; the change stands")
+
+    # -- history ----------------------------------------------------------------------
+
+    def changes(self, most_recent: int | None) -> list[Change]:
+        """The kept history, oldest first (the ``most_recent`` newest ones only)."""
+        if most_recent is None:
+            return list(self.history)
+        if most_recent < 0:
+            raise ValueError(f"most_recent must be >= 0, not {most_recent!r}")
+        if most_recent == 0:
+            return []
+        return list(self.history)[-most_recent:]
+
+    def since(self, cursor: Change | int) -> list[Change]:
+        """The changes after ``cursor`` (a Change or its seq), oldest first."""
+        seq = cursor.seq if isinstance(cursor, Change) else cursor
+        if type(seq) is not int or seq < 0:
+            raise ValueError(f"expected a Change or a seq >= 0, not {cursor!r}")
+        if seq >= self.seq:
+            return []
+        history = self.history
+        oldest = history[0].seq if history else self.seq + 1
+        if seq + 1 < oldest:
+            raise HistoryTruncatedError(
+                f"change #{seq + 1} and older are no longer in the history, which keeps the "
+                f"last {history.maxlen} changes (now #{oldest}-#{self.seq}); create the "
+                "container with a larger history= (None: unbounded) to look that far back"
+            )
+        start = seq + 1 - oldest
+        return [history[i] for i in range(start, len(history))]
+
+    # -- observers --------------------------------------------------------------------
+
+    def add_observer(
+        self,
+        observer: Observer,
+        *,
+        actions: Collection[Action] | None,
+        path_prefix: tuple[Any, ...] | None,
+    ) -> None:
+        """Call ``observer`` with every change (or only the matching ones)."""
+        if not callable(observer):
+            raise TypeError(f"an observer must be callable, got {observer!r}")
+        if observer in self.wrappers:
+            raise ValueError(f"{observer!r} is already observing this container")
+        wrapper = observer
+        if actions is not None or path_prefix:
+            wrapper = _filtered(observer, actions, path_prefix)
+        self.wrappers[observer] = wrapper
+        self.observers = [*self.observers, wrapper]  # a copy: safe while iterating
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling ``observer``.
+
+        :raises ValueError: it is not observing this container.
+        """
+        try:
+            wrapper = self.wrappers.pop(observer)
+        except KeyError:
+            raise ValueError(f"{observer!r} is not observing this container") from None
+        self.observers = [o for o in self.observers if o is not wrapper]
+
+
+def _filtered(
+    observer: Observer, actions: Collection[Action] | None, prefix: tuple[Any, ...] | None
+) -> Observer:
+    wanted = None if actions is None else frozenset(actions)
+    size = len(prefix) if prefix else 0
+
+    def filtered(change: Change) -> object:
+        if wanted is not None and change.action not in wanted:
+            return None
+        if size and change.path[:size] != prefix:
+            return None
+        return observer(change)
+
+    return filtered
