@@ -58,6 +58,7 @@ from .journal import open_journal as open_journal
 from .tracking import Change as Change
 from .tracking import ChangeCollector as ChangeCollector
 from .tracking import Subscription as Subscription
+from .tracking import TrackedAttr as TrackedAttr
 from .tracking import TrackedDict as TrackedDict
 from .tracking import TrackedList as TrackedList
 from .tracking import TrackedSet as TrackedSet
@@ -105,6 +106,7 @@ __all__ = (
     "StorageError",
     "SubscriberOverflowError",
     "Subscription",
+    "TrackedAttr",
     "TrackedDict",
     "TrackedList",
     "TrackedSet",

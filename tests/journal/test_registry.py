@@ -82,8 +82,8 @@ def test_copy_and_update_are_independent() -> None:
     assert base.types() == ["fs.copy", "fs.move"]
 
 
-def test_default_registry_has_the_fs_handlers() -> None:
-    """A new registry knows how to undo every ``session.fs`` operation."""
+def test_default_registry_has_the_builtin_handlers() -> None:
+    """A new registry knows how to undo every ``session.fs`` and ``session.track`` operation."""
     assert set(OperationRegistry().types()) == {
         "fs.copy",
         "fs.delete",
@@ -91,5 +91,6 @@ def test_default_registry_has_the_fs_handlers() -> None:
         "fs.move",
         "fs.rmtree",
         "fs.write",
+        "tracking.change",
     }
     assert len(OperationRegistry(builtins=False)) == 0

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 from .._async import run_sync
 from ..fs._handlers import register_fs_handlers
+from ..tracking._journaled import register_tracking_handlers
 from ._encoding import check_op_type
 from ._records import OperationRecord
 
@@ -58,13 +59,15 @@ class OperationRegistry:
 
     :param builtins: start with the built-in handlers of ``session.fs`` operations
         (``fs.write``, ``fs.move``, ``fs.copy``, ``fs.delete``, ``fs.mkdir``,
-        ``fs.rmtree``); False starts empty.
+        ``fs.rmtree``) and of ``session.track`` (``tracking.change``); False starts
+        empty.
     """
 
     def __init__(self, *, builtins: bool = True) -> None:
         self._entries: dict[str, _Entry] = {}
         if builtins:
             register_fs_handlers(self)
+            register_tracking_handlers(self)
 
     def __repr__(self) -> str:
         return f"OperationRegistry({sorted(self._entries)})"

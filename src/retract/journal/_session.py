@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from .._async import shielded
 from .._errors import SessionStateError
 from ..fs._session_fs import SessionFs
+from ..tracking._journaled import OP_TYPE as TRACKED_CHANGE
+from ..tracking._journaled import payload_of, remember
 from ._encoding import check_op_type, decode, encode, new_id
 from ._owner import active, current_owner
 from ._records import OperationRecord, OperationState, SessionStatus
@@ -66,6 +68,8 @@ class Session:
         self._open = True
         self.fs = SessionFs(self)
         """Reversible file operations journaled into this session (:class:`SessionFs`)."""
+        self._pending_tracked: list[NewOperation] = []
+        self._tracked: list[tuple[Any, Any]] = []
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {'open' if self._open else 'closed'}>"
@@ -100,6 +104,8 @@ class Session:
         """
         self._check_open()
         new = _new_operation(op_type, payload, OperationState.DONE, time.time())
+        if self._pending_tracked:
+            await self._flush_tracked()
         (sequence,) = await self.storage.append_operations(self.session_id, (new,))
         metrics = self._journal.metrics
         if metrics is not None:
@@ -121,6 +127,8 @@ class Session:
         ]
         if not new:
             return []
+        if self._pending_tracked:
+            await self._flush_tracked()
         sequences = await self.storage.append_operations(self.session_id, new)
         if self._journal.metrics is not None:
             self._journal.metrics.record_operation(len(new))
@@ -156,6 +164,48 @@ class Session:
         """
         self._check_open()
         return Step(self, check_op_type(op_type), dict(payload or {}))
+
+    def track(self, obj: Any, name: str | None = None) -> str:
+        """Journal every change of a tracked container or object while the session runs.
+
+        Each change becomes a ``tracking.change`` operation (written, in order, with the
+        session's next journal write and at its end), which ``journal.undo_session``
+        reverts with a built-in handler by applying the change's inverse. Tracked objects
+        live in memory: the undo must run in this process, while the object exists.
+        Changes must hold plain JSON values (set elements: JSON scalars); one that
+        does not is logged as an error and not journaled.
+
+        :param name: how the journal names the object (default: its type and id).
+        :return: that name.
+        :raises TypeError: ``obj`` is not a tracked container or TrackedAttr.
+        :raises ValueError: another live object is tracked under ``name``.
+        """
+        self._check_open()
+        name = remember(obj, name)
+
+        def observe(change: Any) -> None:
+            payload = payload_of(name, change)
+            self._pending_tracked.append(
+                _new_operation(TRACKED_CHANGE, payload, OperationState.DONE, change.timestamp)
+            )
+
+        obj.tracking_add_observer(observe)
+        self._tracked.append((obj, observe))
+        return name
+
+    async def _flush_tracked(self) -> None:
+        """Journal the tracked changes made since the last write (in one transaction)."""
+        pending, self._pending_tracked = self._pending_tracked, []
+        if pending:
+            await self.storage.append_operations(self.session_id, pending)
+            if self._journal.metrics is not None:
+                self._journal.metrics.record_operation(len(pending))
+
+    async def _end_tracking(self) -> None:
+        for obj, observer in self._tracked:
+            obj.tracking_remove_observer(observer)
+        self._tracked.clear()
+        await self._flush_tracked()
 
     def _close(self) -> None:
         self._open = False
@@ -207,6 +257,8 @@ class Step:
         self._entered = True
         session = self._session
         session._check_open()
+        if session._pending_tracked:
+            await session._flush_tracked()
         intent = NewOperation(
             self.op_id, self.op_type, self._payload_json, OperationState.INTENT, time.time()
         )
@@ -331,6 +383,14 @@ class SessionContext:
         tb: TracebackType | None,
     ) -> None:
         assert self._session is not None  # noqa: S101
+        if self._session._tracked or self._session._pending_tracked:
+            try:
+                await shielded(self._session._end_tracking())
+            except Exception:
+                logger.exception(
+                    "could not journal the tracked changes of session %s",
+                    self._session.session_id,
+                )
         if exc is None:
             await shielded(self._finish(SessionStatus.COMPLETED, None))
             return

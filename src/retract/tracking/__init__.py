@@ -1,5 +1,6 @@
 """Tracked containers: dicts, lists and sets that record, publish and revert changes."""
 
+from ._attr import TrackedAttr as TrackedAttr
 from ._change import Change as Change
 from ._change import tracking_actor as tracking_actor
 from ._collector import ChangeCollector as ChangeCollector
@@ -15,6 +16,7 @@ __all__ = (
     "Change",
     "ChangeCollector",
     "Subscription",
+    "TrackedAttr",
     "TrackedDict",
     "TrackedList",
     "TrackedSet",

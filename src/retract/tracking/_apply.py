@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._attr import TrackedAttr
 from ._change import Change
 from ._containers import TrackedDict, TrackedList, TrackedSet
 
@@ -13,7 +14,7 @@ __all__ = ("apply",)
 def _container(root: Any, path: tuple[Any, ...]) -> Any:
     node = root
     for key in path:
-        node = node[key]
+        node = getattr(node, key) if isinstance(node, TrackedAttr) else node[key]
     return node
 
 
@@ -32,7 +33,14 @@ def apply(root: Any, change: Change) -> None:
     *parent_path, last = change.path
     target = _container(root, tuple(parent_path))
     _check_kind(target, change)
-    if isinstance(target, TrackedSet):
+    if isinstance(target, TrackedAttr):
+        if action in ("add", "replace"):
+            setattr(target, last, change.new)
+        elif action == "remove":
+            delattr(target, last)
+        else:
+            raise ValueError(f"an object has no {action!r} change")
+    elif isinstance(target, TrackedSet):
         if action == "add":
             target.add(change.new)
         elif action == "remove":
@@ -57,7 +65,12 @@ def apply(root: Any, change: Change) -> None:
 
 
 def _check_kind(target: Any, change: Change) -> None:
-    expected = {"dict": TrackedDict, "list": TrackedList, "set": TrackedSet}[change.kind]
+    expected = {
+        "dict": TrackedDict,
+        "list": TrackedList,
+        "set": TrackedSet,
+        "object": TrackedAttr,
+    }[change.kind]
     if not isinstance(target, expected):
         raise LookupError(
             f"change #{change.seq} is about a {change.kind} at {change.path!r}, but that "

@@ -195,11 +195,11 @@ class Tracked:
         try:
             yield
         except BaseException:
-            tracker.transactions.remove(pending)
+            _forget(tracker.transactions, pending)
             for done in reversed(pending):
                 root.apply_change(done.inverse())
             raise
-        tracker.transactions.remove(pending)
+        _forget(tracker.transactions, pending)
 
     # -- locking ----------------------------------------------------------------------
 
@@ -220,7 +220,13 @@ class Tracked:
 
     def _subtree(self) -> Iterator[Tracked]:
         yield self
-        values: Iterable[Any] = self.values() if isinstance(self, dict) else self  # type: ignore[assignment]
+        values: Iterable[Any]
+        if isinstance(self, dict):
+            values = self.values()
+        elif isinstance(self, list | set):
+            values = self
+        else:  # a TrackedAttr: its public attributes
+            values = [v for k, v in vars(self).items() if not k.startswith("_")]
         for value in values:
             if isinstance(value, Tracked):
                 yield from value._subtree()
@@ -228,6 +234,15 @@ class Tracked:
     def to_plain(self) -> Any:
         """A plain deep copy (dict, list or set) of this container."""
         return plain(self)
+
+
+def _forget(transactions: list[list[Change]], pending: list[Change]) -> None:
+    # By identity: list.remove compares with ==, and nested transactions can hold equal
+    # lists (the same changes), so it would take the wrong one out.
+    for index, candidate in enumerate(transactions):
+        if candidate is pending:
+            del transactions[index]
+            return
 
 
 def _index_of(parent: list[Any], child: Any) -> int:

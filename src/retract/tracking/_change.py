@@ -18,7 +18,7 @@ __all__ = (
 )
 
 Action = Literal["add", "replace", "remove", "splice", "assign"]
-Kind = Literal["dict", "list", "set"]
+Kind = Literal["dict", "list", "set", "object"]
 #: What a change can be; see :class:`Change`.
 ACTIONS: tuple[Action, ...] = ("add", "replace", "remove", "splice", "assign")
 
@@ -58,7 +58,8 @@ class Change(NamedTuple):
     :ivar new: the value after (None for ``remove``); containers as plain deep copies.
     :ivar actor: set with :func:`tracking_actor`, else None.
     :ivar timestamp: ``time.time()`` of the mutation.
-    :ivar kind: what the changed container is: ``"dict"``, ``"list"`` or ``"set"``.
+    :ivar kind: what the changed container is: ``"dict"``, ``"list"``, ``"set"`` or
+        ``"object"`` (a :class:`TrackedAttr`, whose path ends with the attribute name).
     :ivar snapshot: with ``capture_snapshots=True``, the root's content after the change.
     :ivar stack: with ``capture_stack=True``, where the mutation was made.
     """

@@ -28,7 +28,7 @@ class TrackedDict(Tracked, dict[K, V]):
     :param capture_stack: store where each mutation was made.
     """
 
-    __slots__ = ("_key", "_locked", "_parent", "_tracker")
+    __slots__ = ("__weakref__", "_key", "_locked", "_parent", "_tracker")
     _kind: Kind = "dict"
 
     def __init__(
@@ -85,8 +85,9 @@ class TrackedDict(Tracked, dict[K, V]):
         """Like ``dict.pop``; a removal is recorded."""
         if self._locked:
             self._refuse_locked()
-        if key not in self:
-            return dict.pop(self, key, *default)  # the default, or dict's own KeyError
+        if key not in self or len(default) > 1:
+            # the default, or dict's own error (KeyError, or too many arguments)
+            return dict.pop(self, key, *default)
         value = dict.pop(self, key)
         detach(value)
         self._record((key,), "remove", plain(value), None)

@@ -27,7 +27,7 @@ class TrackedList(Tracked, list[T]):
     Parameters as for :class:`TrackedDict`.
     """
 
-    __slots__ = ("_key", "_locked", "_parent", "_tracker")
+    __slots__ = ("__weakref__", "_key", "_locked", "_parent", "_tracker")
     _kind: Kind = "list"
 
     def __init__(
@@ -91,7 +91,9 @@ class TrackedList(Tracked, list[T]):
             at = max(at + size, 0)
         at = min(at, size)
         item = self._adopt(None, item)
-        list.insert(self, at, item)
+        # list's own call, with the index as given: it raises OverflowError for an index
+        # beyond a C ssize_t (the clamped one would not), and clamps the rest like `at`
+        list.insert(self, index, item)
         self._record((at,), "add", None, plain(item))
 
     def extend(self, iterable: Iterable[T]) -> None:
@@ -113,6 +115,9 @@ class TrackedList(Tracked, list[T]):
 
     def __imul__(self, count: SupportsIndex) -> Self:
         self._guard()
+        if not hasattr(type(count), "__index__"):
+            # lets Python raise list's own "can't multiply sequence by non-int" error
+            return NotImplemented
         old = list(self)
         list.__imul__(self, count)
         if len(old) != len(self):  # only a count of 1 (or an empty list) changes nothing
@@ -195,13 +200,14 @@ class TrackedList(Tracked, list[T]):
         self._record((at,), "replace", plain(old), plain(value))
 
     def _set_slice(self, index: slice, value: Any) -> None:
+        # list checks the slice (bad indices, a zero step) before it reads the value
+        start, stop, step = index.indices(len(self))
         try:
             iter(value)
         except TypeError:
             list.__setitem__(self, index, value)  # raises list's own error
             raise  # pragma: no cover
         items = [self._adopt(None, item) for item in list(value)]
-        start, stop, step = index.indices(len(self))
         if step == 1:
             stop = max(stop, start)
             removed = list.__getitem__(self, slice(start, stop))

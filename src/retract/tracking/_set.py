@@ -25,7 +25,7 @@ class TrackedSet(Tracked, set[T]):
     Parameters as for :class:`TrackedDict`.
     """
 
-    __slots__ = ("_key", "_locked", "_parent", "_tracker")
+    __slots__ = ("_key", "_locked", "_parent", "_tracker")  # set has __weakref__ already
     _kind: Kind = "set"
 
     def __init__(

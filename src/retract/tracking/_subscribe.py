@@ -52,6 +52,7 @@ class Subscription:
         self._overflow = overflow
         self._container = container
         self._closed = False
+        self._end_pending = False
         self._error: SubscriberOverflowError | None = None
         self.dropped = 0
         container.tracking_add_observer(self._observe)
@@ -63,6 +64,8 @@ class Subscription:
             self._offer(change)
 
     def _offer(self, change: Any) -> None:
+        if self._closed:  # handed over from another thread, but close() came first
+            return
         queue = self._queue
         if not queue.full():
             queue.put_nowait(change)
@@ -88,11 +91,17 @@ class Subscription:
         self._end()
 
     def _end(self) -> None:
-        queue = self._queue
-        if queue.full():  # room for the end marker, even at the cost of one change
-            queue.get_nowait()
-            self.dropped += 1
-        queue.put_nowait(_END)
+        if self._queue.full():
+            # no room for the end marker: it goes in when the consumer takes a change,
+            # so every change queued before close() is still delivered
+            self._end_pending = True
+        else:
+            self._queue.put_nowait(_END)
+
+    def _taken(self) -> None:
+        if self._end_pending:
+            self._end_pending = False
+            self._queue.put_nowait(_END)
 
     def __aiter__(self) -> Self:
         return self
@@ -104,6 +113,7 @@ class Subscription:
             if self._error is not None:
                 raise self._error
             raise StopAsyncIteration
+        self._taken()
         return item  # type: ignore[no-any-return]
 
     def get_nowait(self) -> Change | None:
@@ -115,6 +125,7 @@ class Subscription:
         if item is _END:
             self._queue.put_nowait(_END)
             return None
+        self._taken()
         return item  # type: ignore[no-any-return]
 
     def qsize(self) -> int:

@@ -119,9 +119,10 @@ class Tracker:
         history = self.history
         oldest = history[0].seq if history else self.seq + 1
         if seq + 1 < oldest:
+            kept = f"#{oldest}-#{self.seq}" if history else "none"
             raise HistoryTruncatedError(
                 f"change #{seq + 1} and older are no longer in the history, which keeps the "
-                f"last {history.maxlen} changes (now #{oldest}-#{self.seq}); create the "
+                f"last {history.maxlen} changes (now {kept}); create the "
                 "container with a larger history= (None: unbounded) to look that far back"
             )
         start = seq + 1 - oldest
