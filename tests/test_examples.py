@@ -58,6 +58,15 @@ def test_fs_session_undo_restores_the_tree() -> None:
     assert "deploy.sh mode: 0o755" in out
 
 
+def test_tracked_config_actors_subscriber_and_revert() -> None:
+    """Both actors' changes reach the subscriber in order, and the revert restores all."""
+    out = run("tracked_config.py")
+    assert "#1 deployer replace mode: 'release'" in out
+    assert "tuner    add     limits/memory: '4Gi'" in out
+    assert "after revert:    {'mode': 'debug', 'replicas': 1, 'limits': {'cpu': '1'}}" in out
+    assert "same as before:  True" in out
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_is_covered(example: str) -> None:
     """Each example file has a test in this module (so none can rot unnoticed)."""
