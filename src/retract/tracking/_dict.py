@@ -7,10 +7,13 @@ from typing import Any, Self, TypeVar
 
 from ._base import MISSING, Tracked, detach
 from ._change import Kind
-from ._plain import plain
+from ._plain import SCALARS, plain
 from ._tracker import DEFAULT_HISTORY
 
 __all__ = ("TrackedDict",)
+
+_get = dict.get
+_set = dict.__setitem__
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -63,15 +66,28 @@ class TrackedDict(Tracked, dict[K, V]):
     def __setitem__(self, key: K, value: V) -> None:
         if self._locked:
             self._refuse_locked()
-        if isinstance(value, dict | list | set):
-            value = self._adopt(key, value)
-        old = dict.get(self, key, MISSING)
-        dict.__setitem__(self, key, value)
-        if old is MISSING:
-            self._record((key,), "add", None, plain(value))
+        if type(value) in SCALARS:
+            new = value
         else:
+            if isinstance(value, dict | list | set):
+                value = self._adopt(key, value)
+            new = plain(value)
+        old = _get(self, key, MISSING)
+        _set(self, key, value)
+        tracker = self._tracker
+        if old is MISSING:
+            if tracker is not None and self._parent is None:  # the fast path: a root
+                tracker.record((key,), "add", None, new, "dict")
+            else:
+                self._record((key,), "add", None, new)
+            return
+        if type(old) not in SCALARS:
             detach(old)
-            self._record((key,), "replace", plain(old), plain(value))
+            old = plain(old)
+        if tracker is not None and self._parent is None:
+            tracker.record((key,), "replace", old, new, "dict")
+        else:
+            self._record((key,), "replace", old, new)
 
     def __delitem__(self, key: K) -> None:
         if self._locked:

@@ -8,10 +8,12 @@ from typing import Any, Self, SupportsIndex, TypeVar, overload
 
 from ._base import Tracked, detach
 from ._change import Kind
-from ._plain import plain
+from ._plain import SCALARS, plain
 from ._tracker import DEFAULT_HISTORY
 
 __all__ = ("TrackedList",)
+
+_append = list.append
 
 T = TypeVar("T")
 
@@ -76,11 +78,19 @@ class TrackedList(Tracked, list[T]):
         """Like ``list.append``; recorded as an ``add`` at the new index."""
         if self._locked:
             self._refuse_locked()
-        if isinstance(item, dict | list | set):
-            item = self._adopt(None, item)
+        if type(item) in SCALARS:
+            new = item
+        else:
+            if isinstance(item, dict | list | set):
+                item = self._adopt(None, item)
+            new = plain(item)
         index = len(self)
-        list.append(self, item)
-        self._record((index,), "add", None, plain(item))
+        _append(self, item)
+        tracker = self._tracker
+        if tracker is not None and self._parent is None:  # the fast path: a root
+            tracker.record((index,), "add", None, new, "list")
+        else:
+            self._record((index,), "add", None, new)
 
     def insert(self, index: SupportsIndex, item: T) -> None:
         """Like ``list.insert`` (the index is clamped like list's)."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ("plain",)
+__all__ = ("SCALARS", "plain")
 
-_SCALARS = frozenset({str, int, float, bool, type(None), bytes, complex})
+#: Types whose values are immutable and stored in changes as they are.
+SCALARS = frozenset({str, int, float, bool, type(None), bytes, complex})
 
 
 def plain(value: Any) -> Any:
@@ -16,7 +17,7 @@ def plain(value: Any) -> Any:
     changes afterwards (a live tracked child would). Other objects are kept as they are.
     """
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in SCALARS:
         return value
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}

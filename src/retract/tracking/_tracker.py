@@ -8,6 +8,7 @@ costs the same whatever the history's length: the history is a ``deque`` with a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback
@@ -20,6 +21,11 @@ from ._change import Action, Change, Kind, current_actor
 from ._plain import plain
 
 __all__ = ("DEFAULT_HISTORY", "Observer", "Tracker")
+
+#: Frames inside this package are left out of captured stacks.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_new_change = tuple.__new__
+_now = time.time
 
 logger = logging.getLogger("retract")
 
@@ -72,24 +78,20 @@ class Tracker:
         if self.capture_snapshots:
             snapshot = plain(self.root)
         if self.capture_stack:
-            stack = tuple(traceback.format_stack(limit=12)[:-3])
+            frames = traceback.extract_stack(limit=24)
+            outside = [frame for frame in frames if not frame.filename.startswith(_PACKAGE)]
+            stack = tuple(traceback.format_list(outside[-12:]))
         with self._lock:  # mutations from other threads get distinct, ordered numbers
-            self.seq += 1
-            change = Change(
-                self.seq,
-                path,
-                action,
-                old,
-                new,
-                current_actor(),
-                time.time(),
-                kind,
-                snapshot,
-                stack,
+            self.seq = seq = self.seq + 1
+            # tuple.__new__ directly: the named tuple's own __new__ is a Python call.
+            change = _new_change(
+                Change,
+                (seq, path, action, old, new, current_actor(), _now(), kind, snapshot, stack),
             )
             self.history.append(change)
-        for pending in self.transactions:
-            pending.append(change)
+        if self.transactions:
+            for pending in self.transactions:
+                pending.append(change)
         for observer in self.observers:
             try:
                 observer(change)
