@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
@@ -39,13 +40,14 @@ class Tracker:
     """Sequence numbers, history and observers of one root container (not public)."""
 
     __slots__ = (
-        "_lock",
+        "_acquire",
+        "_release",
+        "_root",
         "capture_snapshots",
         "capture_stack",
         "history",
         "observer_errors",
         "observers",
-        "root",
         "seq",
         "transactions",
         "wrappers",
@@ -61,7 +63,9 @@ class Tracker:
     ) -> None:
         if history is not None and (type(history) is not int or history < 0):
             raise ValueError(f"history must be a number of changes >= 0 or None, not {history!r}")
-        self.root = root
+        # A weak reference: the container holds its tracker, and a strong one back would
+        # leave every dropped container to the cyclic garbage collector.
+        self._root = weakref.ref(root)
         self.seq = 0
         self.history: deque[Change] = deque(maxlen=history)
         self.observers: list[Observer] = []
@@ -70,18 +74,20 @@ class Tracker:
         self.transactions: list[list[Change]] = []
         self.capture_snapshots = capture_snapshots
         self.capture_stack = capture_stack
-        self._lock = threading.Lock()
+        lock = threading.Lock()
+        self._acquire, self._release = lock.acquire, lock.release  # bound once: cheaper
 
     def record(self, path: tuple[Any, ...], action: Action, old: Any, new: Any, kind: Kind) -> None:
         """Make a Change, keep it, and hand it to every observer."""
         snapshot = stack = None
         if self.capture_snapshots:
-            snapshot = plain(self.root)
+            snapshot = plain(self._root())
         if self.capture_stack:
             frames = traceback.extract_stack(limit=24)
             outside = [frame for frame in frames if not frame.filename.startswith(_PACKAGE)]
             stack = tuple(traceback.format_list(outside[-12:]))
-        with self._lock:  # mutations from other threads get distinct, ordered numbers
+        self._acquire()  # mutations from other threads get distinct, ordered numbers
+        try:
             self.seq = seq = self.seq + 1
             # tuple.__new__ directly: the named tuple's own __new__ is a Python call.
             change = _new_change(
@@ -89,6 +95,8 @@ class Tracker:
                 (seq, path, action, old, new, current_actor(), _now(), kind, snapshot, stack),
             )
             self.history.append(change)
+        finally:
+            self._release()
         if self.transactions:
             for pending in self.transactions:
                 pending.append(change)
@@ -138,15 +146,20 @@ class Tracker:
         *,
         actions: Collection[Action] | None,
         path_prefix: tuple[Any, ...] | None,
+        scope: Callable[[], tuple[Any, ...] | None] | None = None,
     ) -> None:
-        """Call ``observer`` with every change (or only the matching ones)."""
+        """Call ``observer`` with every change (or only the matching ones).
+
+        ``scope`` (for an observer added on a nested container) gives that container's
+        path now, or None once it left the tree; ``path_prefix`` is then relative to it.
+        """
         if not callable(observer):
             raise TypeError(f"an observer must be callable, got {observer!r}")
         if observer in self.wrappers:
             raise ValueError(f"{observer!r} is already observing this container")
         wrapper = observer
-        if actions is not None or path_prefix:
-            wrapper = _filtered(observer, actions, path_prefix)
+        if actions is not None or path_prefix or scope is not None:
+            wrapper = _filtered(observer, actions, path_prefix, scope)
         self.wrappers[observer] = wrapper
         self.observers = [*self.observers, wrapper]  # a copy: safe while iterating
 
@@ -163,15 +176,28 @@ class Tracker:
 
 
 def _filtered(
-    observer: Observer, actions: Collection[Action] | None, prefix: tuple[Any, ...] | None
+    observer: Observer,
+    actions: Collection[Action] | None,
+    prefix: tuple[Any, ...] | None,
+    scope: Callable[[], tuple[Any, ...] | None] | None,
 ) -> Observer:
     wanted = None if actions is None else frozenset(actions)
-    size = len(prefix) if prefix else 0
+    relative = prefix or ()
+    size = len(relative)
 
     def filtered(change: Change) -> object:
         if wanted is not None and change.action not in wanted:
             return None
-        if size and change.path[:size] != prefix:
+        if scope is not None:
+            # A nested container's path changes when items before it in a list come
+            # and go, so it is looked up for each change, not fixed when added.
+            base = scope()
+            if base is None:  # it left the tree: its changes are no longer this tree's
+                return None
+            full = base + relative
+            if change.path[: len(full)] != full:
+                return None
+        elif size and change.path[:size] != relative:
             return None
         return observer(change)
 
