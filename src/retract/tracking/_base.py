@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ContainerLockedError
@@ -129,13 +130,16 @@ class Tracked:
         An observer that raises is logged and counted (:attr:`tracking_observer_errors`);
         the mutation stands and the other observers still run.
 
+        An observer added on a nested container follows it when its index in a list
+        changes, and is no longer called once it is removed from the tree.
+
         :param actions: only changes with these actions.
         :param path_prefix: only changes under this path, relative to this container.
         :return: ``observer``, so it can be used as a decorator.
         """
         root, tracker = self._root_tracker()
-        prefix = self._path() if root is not self else ()
-        tracker.add_observer(observer, actions=actions, path_prefix=prefix + (path_prefix or ()))
+        scope = None if root is self else partial(_path_within, self, root)
+        tracker.add_observer(observer, actions=actions, path_prefix=path_prefix, scope=scope)
         return observer
 
     def tracking_remove_observer(self, observer: Observer) -> None:
@@ -243,6 +247,19 @@ def _forget(transactions: list[list[Change]], pending: list[Change]) -> None:
         if candidate is pending:
             del transactions[index]
             return
+
+
+def _path_within(node: Tracked, root: Tracked) -> tuple[Any, ...] | None:
+    """``node``'s path from ``root`` now, or None if it is no longer in that tree."""
+    parts: list[Any] = []
+    while node is not root:
+        parent = node._parent
+        if parent is None:
+            return None
+        parts.append(_index_of(parent, node) if isinstance(parent, list) else node._key)
+        node = parent
+    parts.reverse()
+    return tuple(parts)
 
 
 def _index_of(parent: list[Any], child: Any) -> int:

@@ -88,9 +88,11 @@ class TrackedSet(Tracked, set[T]):
         """Like ``set.clear``; one ``assign`` (nothing when already empty)."""
         if self._locked:
             self._refuse_locked()
-        if self:
-            old = set(self)
-            set.clear(self)
+        old = set(self)
+        # set.clear also on an empty set: it resets the hash table (slots left by
+        # removals), which decides the element a later pop() returns, as in set's
+        set.clear(self)
+        if old:
             self._record((), "assign", old, set())
 
     def _bulk(self, operation: Any, *args: Any) -> Any:

@@ -18,6 +18,7 @@ __all__ = ("Overflow", "Subscription", "async_queue_observer")
 Overflow = Literal["drop_oldest", "drop_newest", "error"]
 _OVERFLOWS = ("drop_oldest", "drop_newest", "error")
 _END: Any = object()
+_thread_id = threading.get_ident
 
 
 class Subscription:
@@ -49,6 +50,7 @@ class Subscription:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self._bounded = maxsize > 0
         self._overflow = overflow
         self._container = container
         self._closed = False
@@ -58,10 +60,12 @@ class Subscription:
         container.tracking_add_observer(self._observe)
 
     def _observe(self, change: Change) -> None:
-        if threading.get_ident() != self._thread:
+        if _thread_id() != self._thread:
             self._loop.call_soon_threadsafe(self._offer, change)
-        else:
+        elif self._bounded or self._closed:
             self._offer(change)
+        else:  # the common case, kept short: unbounded, in the loop's own thread
+            self._queue.put_nowait(change)
 
     def _offer(self, change: Any) -> None:
         if self._closed:  # handed over from another thread, but close() came first

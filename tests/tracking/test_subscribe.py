@@ -1,0 +1,324 @@
+"""Subscriptions: every change in order, overflow policies, close, other threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from retract import (
+    Change,
+    SubscriberOverflowError,
+    Subscription,
+    TrackedDict,
+    TrackedList,
+    async_queue_observer,
+)
+
+
+async def drain(subscription: Subscription) -> list[Change]:
+    return [change async for change in subscription]
+
+
+def news(changes: list[Change]) -> list[Any]:
+    return [change.new for change in changes]
+
+
+def append_range(items: TrackedList[int], count: int) -> None:
+    for i in range(count):
+        items.append(i)
+
+
+def append_from_a_thread(items: TrackedList[int], count: int) -> None:
+    """Append 0..count-1 from another thread, while this (the loop's) thread waits."""
+    thread = threading.Thread(target=append_range, args=(items, count))
+    thread.start()
+    thread.join()
+
+
+async def test_unbounded_subscriber_gets_every_change_in_order() -> None:
+    """With maxsize=0 a consumer running alongside gets every change, in order."""
+    root: TrackedDict[str, Any] = TrackedDict({"items": []}, history=None)
+    subscription = root.subscribe()
+
+    async def produce() -> None:
+        for i in range(300):
+            if i % 3:
+                root["items"].append(i)
+            else:
+                root[f"k{i}"] = i
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+        subscription.close()
+
+    received, _ = await asyncio.gather(drain(subscription), produce())
+    assert received == root.tracking_changes()
+    assert [change.seq for change in received] == list(range(1, 301))
+    assert subscription.dropped == 0
+
+
+async def test_changes_queue_up_while_nobody_reads() -> None:
+    """An unbounded subscription keeps everything until it is read."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe()
+    for i in range(1000):
+        items.append(i)
+    assert subscription.qsize() == 1000
+    subscription.close()
+    assert news(await drain(subscription)) == list(range(1000))
+
+
+async def test_drop_oldest_keeps_the_newest_changes() -> None:
+    """overflow="drop_oldest" drops the oldest queued changes and counts them."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe(maxsize=2, overflow="drop_oldest")
+    for i in range(5):
+        items.append(i)
+    assert subscription.dropped == 3
+    subscription.close()
+    assert news(await drain(subscription)) == [3, 4]
+
+
+async def test_drop_newest_keeps_the_oldest_changes() -> None:
+    """overflow="drop_newest" drops the changes that do not fit and counts them."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe(maxsize=2, overflow="drop_newest")
+    for i in range(5):
+        items.append(i)
+    assert subscription.dropped == 3
+    subscription.close()
+    assert news(await drain(subscription)) == [0, 1]
+
+
+async def test_error_overflow_ends_with_subscriber_overflow_error() -> None:
+    """overflow="error": the queued changes are read, then SubscriberOverflowError."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe(maxsize=2, overflow="error")
+    for i in range(3):
+        items.append(i)
+    assert subscription.dropped == 1
+    assert news([await anext(subscription), await anext(subscription)]) == [0, 1]
+    with pytest.raises(SubscriberOverflowError, match=r"maxsize=2.*read faster"):
+        await anext(subscription)
+
+
+async def test_error_overflow_stops_the_subscription() -> None:
+    """After an overflow error no later change is queued or counted."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe(maxsize=1, overflow="error")
+    for i in range(5):
+        items.append(i)
+    assert subscription.dropped == 1
+    assert subscription.get_nowait() is not None
+    assert subscription.get_nowait() is None
+
+
+async def test_error_overflow_keeps_raising() -> None:
+    """Iterating again after the overflow error raises it again."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe(maxsize=1, overflow="error")
+    items.append(1)
+    items.append(2)
+    with pytest.raises(SubscriberOverflowError):
+        await drain(subscription)
+    with pytest.raises(SubscriberOverflowError):
+        await drain(subscription)
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest", "error"])
+async def test_a_mutation_never_blocks_on_a_full_subscription(overflow: Any) -> None:
+    """Mutations go on, without awaiting, whatever the bounded queue holds."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe(maxsize=1, overflow=overflow)
+    for i in range(100):
+        items.append(i)
+    assert len(items) == 100
+    assert subscription.qsize() <= 1
+
+
+async def test_close_ends_iteration_after_the_queued_changes() -> None:
+    """close() lets the consumer read what was queued, then iteration ends."""
+    config: TrackedDict[str, int] = TrackedDict()
+    subscription = config.subscribe()
+    config["a"] = 1
+    config["b"] = 2
+    subscription.close()
+    config["c"] = 3
+    assert [change.path for change in await drain(subscription)] == [("a",), ("b",)]
+
+
+async def test_close_on_a_full_queue_keeps_every_queued_change() -> None:
+    """Closing a full bounded subscription drops none of the changes it holds."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe(maxsize=2, overflow="drop_newest")
+    items.append(0)
+    items.append(1)
+    subscription.close()
+    assert news(await drain(subscription)) == [0, 1]
+    assert subscription.dropped == 0
+
+
+async def test_close_wakes_a_waiting_consumer() -> None:
+    """A consumer waiting for a change ends when the subscription is closed."""
+    subscription = TrackedList().subscribe()
+    consumer = asyncio.create_task(drain(subscription))
+    await asyncio.sleep(0)
+    subscription.close()
+    assert await consumer == []
+
+
+async def test_close_is_idempotent_and_iteration_stays_ended() -> None:
+    """close() twice is harmless; iterating an ended subscription ends at once."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe()
+    items.append(1)
+    subscription.close()
+    subscription.close()
+    assert len(await drain(subscription)) == 1
+    assert await drain(subscription) == []
+    assert subscription.get_nowait() is None
+
+
+async def test_async_with_closes_the_subscription() -> None:
+    """Leaving ``async with`` closes the subscription."""
+    items: TrackedList[int] = TrackedList()
+    async with items.subscribe() as subscription:
+        items.append(1)
+    items.append(2)
+    assert news(await drain(subscription)) == [1]
+
+
+async def test_get_nowait_and_qsize() -> None:
+    """get_nowait() returns the next change or None; qsize() counts what waits."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe()
+    assert subscription.get_nowait() is None
+    items.append(7)
+    assert subscription.qsize() == 1
+    change = subscription.get_nowait()
+    assert change is not None
+    assert change.new == 7
+    assert subscription.qsize() == 0
+
+
+async def test_subscription_on_a_child_gets_only_its_changes() -> None:
+    """A subscription made on a nested container sees the changes under it."""
+    root: TrackedDict[str, Any] = TrackedDict({"a": [], "b": []})
+    subscription = root["a"].subscribe()
+    root["a"].append(1)
+    root["b"].append(2)
+    root["c"] = 3
+    subscription.close()
+    assert [change.path for change in await drain(subscription)] == [("a", 0)]
+
+
+async def test_subscription_on_a_list_item_follows_it() -> None:
+    """A subscription made on a list item still gets its changes after it moved."""
+    root: TrackedList[Any] = TrackedList([[0]])
+    subscription = root[0].subscribe()
+    child = root[0]
+    root.insert(0, [])
+    root[0].append(1)
+    child.append(2)
+    subscription.close()
+    assert [change.path for change in await drain(subscription)] == [(1, 1)]
+
+
+def test_subscribe_needs_a_running_loop() -> None:
+    """Creating a subscription outside an event loop raises RuntimeError."""
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        TrackedList().subscribe()
+
+
+async def test_subscribe_rejects_an_unknown_overflow() -> None:
+    """An overflow policy that does not exist is a ValueError."""
+    with pytest.raises(ValueError, match="overflow must be one of"):
+        TrackedList().subscribe(maxsize=1, overflow="block")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("maxsize", [-1, 1.5])
+async def test_subscribe_rejects_a_bad_maxsize(maxsize: Any) -> None:
+    """A maxsize that is not an int >= 0 is a ValueError."""
+    with pytest.raises(ValueError, match="maxsize must be an int"):
+        TrackedList().subscribe(maxsize=maxsize)
+
+
+async def test_mutations_from_another_thread_arrive_in_order() -> None:
+    """Changes made in another thread reach the loop's subscriber, all and in order."""
+    items: TrackedList[int] = TrackedList(history=None)
+    subscription = items.subscribe()
+    thread = threading.Thread(target=append_range, args=(items, 500))
+    thread.start()
+    received: list[Change] = []
+    async for change in subscription:
+        received.append(change)
+        if len(received) == 500:
+            break
+    await asyncio.to_thread(thread.join)
+    assert news(received) == list(range(500))
+    assert [change.seq for change in received] == list(range(1, 501))
+
+
+async def test_mutations_from_another_thread_are_handed_to_the_loop() -> None:
+    """A mutation in another thread returns at once; its change is queued by the loop."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe()
+    append_from_a_thread(items, 3)  # the loop is blocked meanwhile: nothing delivered yet
+    assert items == [0, 1, 2]
+    assert subscription.qsize() == 0
+    await asyncio.sleep(0)
+    assert subscription.qsize() == 3
+
+
+async def test_change_from_a_thread_after_close_is_not_delivered() -> None:
+    """A change still on its way from another thread when close() runs is not queued."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe()
+    append_from_a_thread(items, 1)
+    subscription.close()
+    await asyncio.sleep(0)
+    assert await drain(subscription) == []
+    assert subscription.get_nowait() is None
+
+
+async def test_async_queue_observer_feeds_a_users_queue() -> None:
+    """async_queue_observer puts every change on the given queue, in order."""
+    queue: asyncio.Queue[Change] = asyncio.Queue()
+    items: TrackedList[int] = TrackedList()
+    items.tracking_add_observer(async_queue_observer(queue))
+    items.append(1)
+    items.append(2)
+    assert [queue.get_nowait().new for _ in range(2)] == [1, 2]
+
+
+async def test_async_queue_observer_drops_and_counts_on_a_full_queue() -> None:
+    """On a full bounded queue the change is dropped, counted, and the mutation goes on."""
+    queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=1)
+    items: TrackedList[int] = TrackedList()
+    observer = async_queue_observer(queue)
+    items.tracking_add_observer(observer)
+    for i in range(4):
+        items.append(i)
+    assert items == [0, 1, 2, 3]
+    assert observer.dropped == 3
+    assert queue.get_nowait().new == 0
+    assert items.tracking_observer_errors == 0
+
+
+async def test_async_queue_observer_takes_changes_from_other_threads() -> None:
+    """Changes made in another thread reach the queue through the loop, in order."""
+    queue: asyncio.Queue[Change] = asyncio.Queue()
+    items: TrackedList[int] = TrackedList()
+    items.tracking_add_observer(async_queue_observer(queue))
+    append_from_a_thread(items, 50)
+    assert queue.qsize() == 0
+    received = [(await queue.get()).new for _ in range(50)]
+    assert received == list(range(50))
+
+
+def test_async_queue_observer_needs_a_running_loop() -> None:
+    """async_queue_observer is made inside the event loop that owns the queue."""
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        async_queue_observer(asyncio.Queue())
