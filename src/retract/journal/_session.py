@@ -69,7 +69,7 @@ class Session:
         self.fs = SessionFs(self)
         """Reversible file operations journaled into this session (:class:`SessionFs`)."""
         self._pending_tracked: list[NewOperation] = []
-        self._tracked: list[tuple[Any, Any]] = []
+        self._tracked: list[tuple[Any, Any, Any, str]] = []
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {'open' if self._open else 'closed'}>"
@@ -173,37 +173,60 @@ class Session:
         reverts with a built-in handler by applying the change's inverse. Tracked objects
         live in memory: the undo must run in this process, while the object exists.
         Changes must hold plain JSON values (set elements: JSON scalars); one that
-        does not is logged as an error and not journaled.
+        does not is logged as an error and not journaled. Tracking an object twice in
+        one session changes nothing.
 
-        :param name: how the journal names the object (default: its type and id).
-        :return: that name.
+        Undo finds the object by a token made here, not by name, so it never touches
+        another object that happens to carry the same name (or id) later.
+
+        :param name: a label for the object in the journal (default: its type's name).
+        :return: that label.
         :raises TypeError: ``obj`` is not a tracked container or TrackedAttr.
-        :raises ValueError: another live object is tracked under ``name``.
         """
         self._check_open()
-        name = remember(obj, name)
+        for tracked, _, _, label in self._tracked:
+            if tracked is obj:
+                return label
+        token, label = remember(obj, name)
 
         def observe(change: Any) -> None:
-            payload = payload_of(name, change)
+            payload = payload_of(token, label, change)
             self._pending_tracked.append(
                 _new_operation(TRACKED_CHANGE, payload, OperationState.DONE, change.timestamp)
             )
 
+        # Kept: after the object leaves its tree, it would find another tracker.
+        tracker = obj._root_tracker()[1]
         obj.tracking_add_observer(observe)
-        self._tracked.append((obj, observe))
-        return name
+        self._tracked.append((obj, tracker, observe, label))
+        return label
 
     async def _flush_tracked(self) -> None:
-        """Journal the tracked changes made since the last write (in one transaction)."""
-        pending, self._pending_tracked = self._pending_tracked, []
-        if pending:
-            await self.storage.append_operations(self.session_id, pending)
-            if self._journal.metrics is not None:
-                self._journal.metrics.record_operation(len(pending))
+        """Journal the tracked changes made since the last write (in one transaction).
+
+        They leave the pending list only once written: a cancelled write that did land
+        is not written twice, and one that did not is written with the next flush.
+        """
+        pending = list(self._pending_tracked)
+        if not pending:
+            return
+        write = asyncio.ensure_future(self.storage.append_operations(self.session_id, pending))
+        try:
+            await shielded(write)
+        except asyncio.CancelledError:
+            if not write.cancelled() and write.exception() is None:
+                del self._pending_tracked[: len(pending)]
+            raise
+        del self._pending_tracked[: len(pending)]
+        if self._journal.metrics is not None:
+            self._journal.metrics.record_operation(len(pending))
 
     async def _end_tracking(self) -> None:
-        for obj, observer in self._tracked:
-            obj.tracking_remove_observer(observer)
+        for _, tracker, observer, label in self._tracked:
+            try:
+                tracker.remove_observer(observer)
+            except ValueError:  # pragma: no cover (removed by someone else)
+                logger.warning("the tracking observer of %s was already gone", label)
         self._tracked.clear()
         await self._flush_tracked()
 

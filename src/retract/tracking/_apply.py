@@ -8,10 +8,10 @@ from ._attr import TrackedAttr
 from ._change import Change
 from ._containers import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ("apply",)
+__all__ = ("apply", "container_at")
 
 
-def _container(root: Any, path: tuple[Any, ...]) -> Any:
+def container_at(root: Any, path: tuple[Any, ...]) -> Any:
     node = root
     for key in path:
         node = getattr(node, key) if isinstance(node, TrackedAttr) else node[key]
@@ -26,12 +26,12 @@ def apply(root: Any, change: Change) -> None:
     """
     action = change.action
     if action == "assign":
-        target = _container(root, change.path)
+        target = container_at(root, change.path)
         _check_kind(target, change)
         target._assign(change.new)
         return
     *parent_path, last = change.path
-    target = _container(root, tuple(parent_path))
+    target = container_at(root, tuple(parent_path))
     _check_kind(target, change)
     if isinstance(target, TrackedAttr):
         if action in ("add", "replace"):

@@ -75,7 +75,7 @@ class TrackedAttr(Tracked, metaclass=_TrackedAttrMeta):
             object.__setattr__(self, name, value)
             return
         self._check_attribute(name)
-        old = self.__dict__.get(name, MISSING)
+        old = getattr(self, name, MISSING)  # slots and properties too
         object.__setattr__(self, name, value)
         if old is MISSING:
             self._record((name,), "add", None, plain(value))
@@ -88,7 +88,7 @@ class TrackedAttr(Tracked, metaclass=_TrackedAttrMeta):
             object.__delattr__(self, name)
             return
         self._check_attribute(name)
-        old = self.__dict__.get(name, MISSING)
+        old = getattr(self, name, MISSING)  # slots and properties too
         object.__delattr__(self, name)  # AttributeError as usual when missing
         detach(old)
         self._record((name,), "remove", plain(old), None)

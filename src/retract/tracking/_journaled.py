@@ -9,10 +9,14 @@ objects live in memory, so their undo runs in the process that owns them.
 
 from __future__ import annotations
 
+import errno
+import uuid
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._errors import DriftError, UndoSkipped
+from ..fs._handlers import drift_policy
 from ._base import Tracked
 from ._change import Change
 
@@ -27,33 +31,30 @@ OP_TYPE = "tracking.change"
 _live: weakref.WeakValueDictionary[str, Tracked] = weakref.WeakValueDictionary()
 
 
-def remember(obj: Tracked, name: str | None) -> str:
-    """Register ``obj`` for undo under ``name`` (a generated one when None)."""
+def remember(obj: Tracked, name: str | None) -> tuple[str, str]:
+    """Register ``obj`` for undo; return its token and its label."""
     if not isinstance(obj, Tracked):
         raise TypeError(
             f"session.track() needs a TrackedDict, TrackedList, TrackedSet or TrackedAttr, "
             f"not {type(obj).__name__}; wrap it first, e.g. TrackedDict(value)"
         )
-    if name is None:
-        name = f"{type(obj).__name__}-{id(obj):x}"
-    elif not name or type(name) is not str:
+    if name is not None and (not name or type(name) is not str):
         raise ValueError(f"the name of a tracked object must be a non-empty str, not {name!r}")
-    known = _live.get(name)
-    if known is not None and known is not obj:
-        raise ValueError(f"another object is already tracked as {name!r}; pick another name")
-    _live[name] = obj
-    return name
+    token = uuid.uuid4().hex
+    _live[token] = obj
+    return token, name if name is not None else type(obj).__name__
 
 
-def find_tracked(name: str) -> Tracked | None:
-    """The live object registered as ``name`` in this process, if any."""
-    return _live.get(name)
+def find_tracked(token: str) -> Tracked | None:
+    """The live object registered under ``token`` in this process, if any."""
+    return _live.get(token)
 
 
-def payload_of(name: str, change: Change) -> dict[str, Any]:
+def payload_of(token: str, label: str, change: Change) -> dict[str, Any]:
     """The journal payload of one change (its values must be plain JSON)."""
     return {
-        "object": name,
+        "object": label,
+        "token": token,
         "seq": change.seq,
         "path": list(change.path),
         "action": change.action,
@@ -84,7 +85,7 @@ def _change_of(payload: dict[str, Any]) -> Change:
 
 async def _undo(op: OperationRecord) -> None:
     name = op.payload["object"]
-    obj = find_tracked(name)
+    obj = find_tracked(op.payload["token"])
     if obj is None:
         raise LookupError(
             f"the tracked object {name!r} is not alive in this process (tracked objects "
@@ -92,9 +93,80 @@ async def _undo(op: OperationRecord) -> None:
             "the object is gone"
         )
     change = _change_of(op.payload)
+    drifted = _drift(obj._root_tracker()[0], change)
+    if drifted is not None:
+        _refuse_or_skip(name, change, drifted)
     if change.kind == "set" and change.action == "assign":
         change = change._replace(old=set(change.old), new=set(change.new))
     obj.apply_change(change.inverse())
+
+
+def _normal(value: Any) -> Any:
+    """``value`` as its journal payload holds it (JSON: lists for tuples and sets)."""
+    if isinstance(value, dict):
+        return {key: _normal(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normal(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    return value
+
+
+def _drift(root: Any, change: Change) -> str | None:
+    """What differs from the state right after ``change``, or None if nothing does."""
+    from ._apply import container_at  # noqa: PLC0415  (it imports the containers)
+
+    action = change.action
+    path = change.path if action == "assign" else change.path[:-1]
+    try:
+        target = container_at(root, path)
+    except (LookupError, TypeError, AttributeError):
+        return "its container is no longer there"
+    if action == "assign":
+        return None if _normal(target) == change.new else "the container's content changed"
+    key = change.path[-1]
+    if change.kind == "set":
+        present = key in target
+        expected = action == "add"
+        return None if present == expected else "the element was added or removed since"
+    if change.kind == "object":
+        current = getattr(target, key, _GONE)
+    elif change.kind == "list":
+        if action == "remove":
+            return None  # the index now holds the next item: nothing to compare
+        if action == "splice":
+            current = target[key : key + len(change.new)]
+        else:
+            current = target[key] if -len(target) <= key < len(target) else _GONE
+    else:
+        current = target.get(key, _GONE)
+    if action == "remove":
+        return None if current is _GONE else "the key is there again"
+    if current is _GONE:
+        return "the value is gone"
+    return None if _normal(current) == change.new else "the value changed"
+
+
+_GONE: Any = object()
+
+
+def _refuse_or_skip(name: str, change: Change, what: str) -> None:
+    found = (
+        f"tracked object {name!r} changed at {list(change.path)!r} after change "
+        f"#{change.seq}: {what}"
+    )
+    policy = drift_policy.get()
+    if policy == "force":
+        return
+    if policy == "skip":
+        raise UndoSkipped(f"{found}; left as it is (drift='skip')")
+    raise DriftError(
+        errno.ESTALE,
+        f"{found}. Undo refused and left it untouched; undo again with drift='force' to "
+        "revert it anyway, or drift='skip' to leave it",
+        None,
+        [what],
+    )
 
 
 def register_tracking_handlers(registry: OperationRegistry) -> None:

@@ -229,8 +229,9 @@ class TrackedList(Tracked, list[T]):
             return
         old = list(self)
         list.__setitem__(self, index, items)  # an extended slice: list checks the sizes
+        kept = {id(now) for now in self}  # one pass, not one scan per item
         for item in old:
-            if not any(item is now for now in self):
+            if id(item) not in kept:
                 detach(item)
         if any(a is not b for a, b in zip(old, self, strict=False)):
             self._record((), "assign", plain(old), plain(self))
@@ -245,8 +246,9 @@ class TrackedList(Tracked, list[T]):
             old = list(self)
             list.__delitem__(self, index)
             if len(old) != len(self):
+                kept = {id(now) for now in self}
                 for item in old:
-                    if not any(item is now for now in self):
+                    if id(item) not in kept:
                         detach(item)
                 self._record((), "assign", plain(old), plain(self))
             return
