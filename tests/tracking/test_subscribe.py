@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from typing import Any
 
@@ -322,3 +323,14 @@ def test_async_queue_observer_needs_a_running_loop() -> None:
     """async_queue_observer is made inside the event loop that owns the queue."""
     with pytest.raises(RuntimeError, match="no running event loop"):
         async_queue_observer(asyncio.Queue())
+
+
+async def test_an_abandoned_subscription_is_forgotten() -> None:
+    """A subscription nobody holds any more stops being fed, without close()."""
+    config: TrackedDict[str, int] = TrackedDict()
+    subscription = config.subscribe()
+    config["a"] = 1
+    del subscription
+    gc.collect()
+    config["b"] = 2
+    assert config._root_tracker()[1].observers == []

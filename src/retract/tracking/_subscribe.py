@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .._errors import SubscriberOverflowError
@@ -12,6 +14,7 @@ from ._change import Change
 
 if TYPE_CHECKING:
     from ._base import Tracked
+    from ._tracker import Tracker
 
 __all__ = ("Overflow", "Subscription", "async_queue_observer")
 
@@ -57,7 +60,11 @@ class Subscription:
         self._end_pending = False
         self._error: SubscriberOverflowError | None = None
         self.dropped = 0
-        container.tracking_add_observer(self._observe)
+        # The tracker holds the subscription weakly: one that its consumer dropped
+        # (a cancelled task, an abandoned iterator) stops receiving, and its queue goes.
+        self._tracker = container._root_tracker()[1]
+        self._observer = _weak_observer(self, self._tracker)
+        container.tracking_add_observer(self._observer)
 
     def _observe(self, change: Change) -> None:
         if _thread_id() != self._thread:
@@ -91,7 +98,7 @@ class Subscription:
             return
         self._closed = True
         with contextlib.suppress(ValueError):  # already removed
-            self._container.tracking_remove_observer(self._observe)
+            self._tracker.remove_observer(self._observer)
         self._end()
 
     def _end(self) -> None:
@@ -141,6 +148,21 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+def _weak_observer(subscription: Subscription, tracker: Tracker) -> Callable[[Change], None]:
+    def forget(_: object) -> None:
+        with contextlib.suppress(ValueError):  # closed before it was collected
+            tracker.remove_observer(observe)
+
+    ref = weakref.ref(subscription, forget)
+
+    def observe(change: Change) -> None:
+        live = ref()
+        if live is not None:
+            live._observe(change)
+
+    return observe
 
 
 def async_queue_observer(queue: asyncio.Queue[Change]) -> Any:
