@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ __all__ = (
     "discard_file",
     "discard_folder",
     "fsync_dir",
+    "fsync_file",
     "install_file",
     "prepare_folder",
+    "remove_path",
     "resolve_target",
     "write_temp",
 )
@@ -374,11 +377,12 @@ def sync_tree(root: str) -> None:
         for name in files:
             path = os.path.join(current, name)
             if stat.S_ISREG(os.lstat(path).st_mode):
-                _fsync_file(path)
+                fsync_file(path)
         fsync_dir(current)
 
 
-def _fsync_file(path: str) -> None:
+def fsync_file(path: str) -> None:
+    """Fsync a regular file by path (opened non-blocking; write-only files too)."""
     try:
         fd = os.open(path, os.O_RDONLY | _SYNC_FLAGS)
     except PermissionError:
@@ -389,6 +393,14 @@ def _fsync_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_path(path: str) -> None:
+    """Remove a file, symlink or directory tree at ``path``; a missing path is fine."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def commit_folder(

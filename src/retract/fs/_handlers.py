@@ -17,14 +17,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._async import run_sync
 from .._errors import DriftError, UndoSkipped
-from ._durable import fsync_dir
+from ._durable import fsync_dir, remove_path
 from ._fingerprint import drift, fingerprint, is_restored
 from ._images import place_back
 from ._rename import rename_noreplace
@@ -64,13 +63,6 @@ def _guard(policy: DriftPolicy, path: str, changes: list[str], what: str) -> Non
         path,
         changes,
     )
-
-
-def _remove_any(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
 
 
 def _same(a: str, b: str) -> bool:
@@ -114,7 +106,7 @@ def _finish_copy_back(image: str, path: str) -> bool:
     drift.
     """
     if os.path.lexists(image) and os.path.lexists(path) and _matches(image, path):
-        _remove_any(image)
+        remove_path(image)
         return True
     return False
 
@@ -122,10 +114,10 @@ def _finish_copy_back(image: str, path: str) -> bool:
 def undo_write(p: Payload, policy: DriftPolicy) -> str | None:
     """Put the old file back (or remove the new one); the reason when nothing was done."""
     target, image = p["path"], p["image"]
-    _remove_any(p["temp"])
+    remove_path(p["temp"])
     if not p.get("committed"):
         if os.path.lexists(image) and (_same(target, image) or _matches(image, target)):
-            _remove_any(image)  # kept (linked or copied), but the file is as it was
+            remove_path(image)  # kept (linked or copied), but the file is as it was
             return _NEVER
         if not os.path.lexists(image) and (p["existed"] or not os.path.lexists(target)):
             return _NEVER  # the image is kept before any replace: nothing was replaced
@@ -145,7 +137,7 @@ def undo_write(p: Payload, policy: DriftPolicy) -> str | None:
     if existed:
         place_back(image, target, replace=True, durable=True)
     else:
-        _remove_any(target)
+        remove_path(target)
         _sync(target)
     return None
 
@@ -163,7 +155,7 @@ def undo_move(p: Payload, policy: DriftPolicy) -> str | None:
     _guard(policy, dst, drift(p["moved"], dst), "the move")
     if os.path.lexists(src):
         _guard(policy, src, ["something new exists at the source path"], "the move")
-        _remove_any(src)
+        remove_path(src)
     if os.path.lexists(dst):
         rename_noreplace(dst, src)
     if os.path.lexists(image):
@@ -212,7 +204,7 @@ def _restore_untouched(dst: str, image: str, policy: DriftPolicy) -> None:
     if not os.path.lexists(dst):
         place_back(image, dst, replace=False, durable=True)  # moved aside, never replaced
     elif _same(dst, image) or _matches(image, dst):
-        _remove_any(image)  # a link or a copy of the untouched dst
+        remove_path(image)  # a link or a copy of the untouched dst
     else:
         # The image is whole (it is made under a temp name), so dst either lost part of
         # itself when its removal across filesystems was cut short, or changed since.
@@ -224,7 +216,7 @@ def _restore_untouched(dst: str, image: str, policy: DriftPolicy) -> None:
 def undo_copy(p: Payload, policy: DriftPolicy) -> str | None:
     """Remove the copy and restore what it replaced."""
     dst, image = p["dst"], p["image"]
-    _remove_any(p["temp"])
+    remove_path(p["temp"])
     if not p.get("committed"):
         kept = os.path.lexists(image)
         untouched = not os.path.lexists(dst) or (
@@ -244,7 +236,7 @@ def undo_copy(p: Payload, policy: DriftPolicy) -> str | None:
     elif not os.path.lexists(dst):
         return None  # already removed: what undo wants
     _guard(policy, dst, drift(p["copied"], dst), "the copy")
-    _remove_any(dst)
+    remove_path(dst)
     if os.path.lexists(image):
         place_back(image, dst, replace=False, durable=True)
     _sync(dst)
@@ -263,7 +255,7 @@ def undo_removal(p: Payload, policy: DriftPolicy) -> str | None:
         raise _image_gone(path, image)
     if os.path.lexists(path):
         if not p.get("committed") and _matches(image, path):
-            _remove_any(image)  # a copy made across filesystems; the original stayed
+            remove_path(image)  # a copy made across filesystems; the original stayed
             return _NEVER
         if p.get("committed") and _finish_copy_back(image, path):
             return None
@@ -286,7 +278,7 @@ def undo_mkdir(p: Payload, policy: DriftPolicy) -> str | None:
             _guard(policy, folder, ["it is no longer a directory"], "mkdir")
         elif entries := os.listdir(folder):
             _guard(policy, folder, [f"it is not empty ({len(entries)} entries)"], "mkdir")
-        _remove_any(folder)
+        remove_path(folder)
         removed = True
     if removed:
         _sync(*created)

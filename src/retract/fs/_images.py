@@ -15,7 +15,16 @@ import os
 import shutil
 import stat
 
-from ._durable import TempFile, discard_file, fsync_dir, install_file, open_temp, sync_tree
+from ._durable import (
+    TempFile,
+    discard_file,
+    fsync_dir,
+    fsync_file,
+    install_file,
+    open_temp,
+    remove_path,
+    sync_tree,
+)
 from ._rename import rename_noreplace
 
 __all__ = ("keep_copy", "keep_moved", "place_back")
@@ -62,7 +71,7 @@ def _copy_any(src: str, dst: str, durable: bool) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
         _copy_owner(src, dst)
         if durable:
-            _fsync_file(dst)
+            fsync_file(dst)
 
 
 def _copy_owner(src: str, dst: str) -> None:
@@ -84,14 +93,6 @@ def _copy_owners(src: str, dst: str) -> None:
         for name in dirs + files:
             _copy_owner(os.path.join(current, name), os.path.join(target, name))
         _copy_owner(current, target)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_in(path: str, image: str, durable: bool) -> None:
@@ -183,7 +184,7 @@ def _rename_back(image: str, path: str, *, replace: bool, is_dir: bool) -> None:
     if not replace or not os.path.lexists(path):
         rename_noreplace(image, path)
     elif is_dir or (os.path.isdir(path) and not os.path.islink(path)):
-        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        remove_path(path)
         rename_noreplace(image, path)
     else:
         os.replace(image, path)
@@ -194,7 +195,7 @@ def _copy_back(image: str, path: str, *, replace: bool, is_dir: bool, durable: b
         if os.path.lexists(path):
             if not replace:
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+            remove_path(path)
         _copy_any(image, path, durable)
     else:
         temp = open_temp(path, os.path.dirname(path))
@@ -203,12 +204,9 @@ def _copy_back(image: str, path: str, *, replace: bool, is_dir: bool, durable: b
             shutil.copy2(image, temp.path)  # content, permission bits and times
             _copy_owner(image, temp.path)
             if durable:
-                _fsync_file(temp.path)
+                fsync_file(temp.path)
             install_file(temp, path, overwrite=replace)
         except BaseException:
             discard_file(temp)
             raise
-    if os.path.isdir(image) and not os.path.islink(image):
-        shutil.rmtree(image)
-    else:
-        os.unlink(image)
+    remove_path(image)

@@ -43,8 +43,6 @@ __all__ = ("SweepReport", "is_temp_name", "remove_tree", "sweep_sync", "temp_nam
 
 logger = logging.getLogger("retract")
 
-#: Kinds of temp (see the module docstring): written or being removed, a parked target.
-KINDS = ("tmp", "swap", "old")
 #: Kinds that may hold the only copy of a target: settled, never simply removed.
 _SWAP_KINDS = frozenset({"swap", "old"})
 _HOST = hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:6]

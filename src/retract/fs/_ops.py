@@ -25,8 +25,10 @@ from ._durable import (
     discard_file,
     discard_folder,
     finish_temp,
+    fsync_file,
     install_file,
     open_temp,
+    remove_path,
     resolve_target,
     sync_directory_or_raise,
     sync_tree,
@@ -81,13 +83,6 @@ def _sync_dirs(durable: bool, target: str, *paths: str) -> None:
             sync_directory_or_raise(directory, target)
 
 
-def _remove_any(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
 def _real(path: str) -> str:
     """``path`` with its directory's symlinks resolved (the last component kept)."""
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
@@ -108,7 +103,7 @@ def _swap_kept(dst: str, image: str, durable: bool, rename: Callable[[], None]) 
 
 
 def _abandon_temp(payload: Payload) -> None:
-    _remove_any(payload["temp"])
+    remove_path(payload["temp"])
 
 
 # -- write -----------------------------------------------------------------------------
@@ -276,7 +271,7 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
                 handle.fd = None
                 shutil.copy2(src, temp)
                 if durable:
-                    _fsync_path(temp)
+                    fsync_file(temp)
             except BaseException:
                 discard_file(handle)
                 raise
@@ -305,7 +300,7 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
                 keep_copy(dst, image, durable=durable)
                 os.replace(temp, dst)
         except BaseException as exc:
-            _remove_any(temp)
+            remove_path(temp)
             if isinstance(exc, FileExistsError):
                 raise already_exists(dst) from None
             raise
@@ -314,14 +309,6 @@ def copy_op(src: str, dst: str, image: str, *, overwrite: bool, durable: bool) -
         return facts
 
     return FsOp("fs.copy", prepare, commit, _abandon_temp)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- delete and rmtree -----------------------------------------------------------------

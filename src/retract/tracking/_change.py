@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 __all__ = (
-    "ACTIONS",
     "Action",
     "Change",
     "Kind",
@@ -19,8 +18,6 @@ __all__ = (
 
 Action = Literal["add", "replace", "remove", "splice", "assign"]
 Kind = Literal["dict", "list", "set", "object"]
-#: What a change can be; see :class:`Change`.
-ACTIONS: tuple[Action, ...] = ("add", "replace", "remove", "splice", "assign")
 
 _actor: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "retract_tracking_actor", default=None

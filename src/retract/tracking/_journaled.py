@@ -59,15 +59,9 @@ def payload_of(token: str, label: str, change: Change) -> dict[str, Any]:
         "path": list(change.path),
         "action": change.action,
         "kind": change.kind,
-        "old": _jsonable(change.old),
-        "new": _jsonable(change.new),
+        "old": _normal(change.old),
+        "new": _normal(change.new),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)  # a set element's undo needs only its value
-    return value
 
 
 def _change_of(payload: dict[str, Any]) -> Change:
@@ -102,7 +96,11 @@ async def _undo(op: OperationRecord) -> None:
 
 
 def _normal(value: Any) -> Any:
-    """``value`` as its journal payload holds it (JSON: lists for tuples and sets)."""
+    """``value`` as its journal payload holds it (JSON: lists for tuples and sets).
+
+    Sets become sorted lists (by repr: their elements need not be comparable), also
+    inside other values; drift checks compare live values through the same function.
+    """
     if isinstance(value, dict):
         return {key: _normal(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
