@@ -43,6 +43,16 @@ def test_bounded_history_keeps_only_the_newest_changes() -> None:
     assert seqs(filled(10, history=3).tracking_changes()) == [8, 9, 10]
 
 
+def test_tracking_changes_says_how_many_changes_were_truncated() -> None:
+    """The list's ``truncated`` counts the oldest changes the history no longer holds."""
+    assert filled(10, history=3).tracking_changes().truncated == 7
+    assert filled(10, history=3).tracking_changes(most_recent=1).truncated == 7
+    assert filled(3, history=3).tracking_changes().truncated == 0
+    assert filled(3, history=None).tracking_changes().truncated == 0
+    assert filled(4, history=0).tracking_changes().truncated == 4
+    assert TrackedDict().tracking_changes().truncated == 0
+
+
 def test_seq_keeps_counting_after_old_changes_are_dropped() -> None:
     """Dropping old changes never reuses or resets sequence numbers."""
     items = filled(10, history=3)
@@ -98,7 +108,7 @@ def test_tracking_changes_most_recent_zero_is_empty() -> None:
 
 def test_tracking_changes_most_recent_negative_raises() -> None:
     """A negative most_recent is a ValueError."""
-    with pytest.raises(ValueError, match="most_recent must be >= 0"):
+    with pytest.raises(ValueError, match="most_recent must be an int >= 0"):
         filled(5, history=None).tracking_changes(most_recent=-1)
 
 

@@ -512,7 +512,7 @@ def test_nested_transactions_that_both_fail_roll_everything_back() -> None:
         config["a"] = 1
         raise Boom
     assert config == {"a": 0}
-    assert config._root_tracker()[1].transactions == []
+    assert config._root_tracker()[1].feeds == []
 
 
 def test_outer_transaction_reverts_an_inner_one_that_succeeded() -> None:

@@ -227,10 +227,18 @@ async def test_subscription_on_a_list_item_follows_it() -> None:
     assert [change.path for change in await drain(subscription)] == [(1, 1)]
 
 
-def test_subscribe_needs_a_running_loop() -> None:
-    """Creating a subscription outside an event loop raises RuntimeError."""
-    with pytest.raises(RuntimeError, match="no running event loop"):
-        TrackedList().subscribe()
+def test_a_subscription_made_before_the_loop_runs_works_in_it() -> None:
+    """subscribe() needs no running loop: the loop that iterates it owns it."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe()
+    items.append(1)
+
+    async def consume() -> list[Any]:
+        asyncio.get_running_loop().call_soon(items.append, 2)
+        asyncio.get_running_loop().call_later(0.01, subscription.close)
+        return news(await drain(subscription))
+
+    assert asyncio.run(consume()) == [1, 2]
 
 
 async def test_subscribe_rejects_an_unknown_overflow() -> None:
@@ -262,26 +270,88 @@ async def test_mutations_from_another_thread_arrive_in_order() -> None:
     assert [change.seq for change in received] == list(range(1, 501))
 
 
-async def test_mutations_from_another_thread_are_handed_to_the_loop() -> None:
-    """A mutation in another thread returns at once; its change is queued by the loop."""
+async def test_mutations_from_another_thread_are_queued_at_once() -> None:
+    """A change made in another thread is queued as the mutation happens, in order."""
     items: TrackedList[int] = TrackedList()
     subscription = items.subscribe()
-    append_from_a_thread(items, 3)  # the loop is blocked meanwhile: nothing delivered yet
+    append_from_a_thread(items, 3)  # the loop is blocked meanwhile
     assert items == [0, 1, 2]
-    assert subscription.qsize() == 0
-    await asyncio.sleep(0)
     assert subscription.qsize() == 3
+    assert [subscription.get_nowait().new for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
 
 
-async def test_change_from_a_thread_after_close_is_not_delivered() -> None:
-    """A change still on its way from another thread when close() runs is not queued."""
+async def test_a_waiting_consumer_is_woken_by_another_thread() -> None:
+    """A consumer awaiting the next change wakes when another thread makes it."""
+    items: TrackedList[int] = TrackedList()
+    subscription = items.subscribe()
+    consumer = asyncio.create_task(anext(subscription))
+    await asyncio.sleep(0)  # now waiting in the queue
+    await asyncio.to_thread(items.append, 5)
+    change = await asyncio.wait_for(consumer, 5)
+    assert change.new == 5
+
+
+def append_locked(items: TrackedList[int], count: int) -> None:
+    for i in range(count):
+        with items.tracking_lock:
+            items.append(i)
+
+
+async def test_threads_writing_under_the_tracking_lock_keep_seq_order() -> None:
+    """Four threads appending under tracking_lock, a consumer waiting: all, by seq."""
+    items: TrackedList[int] = TrackedList(history=None)
+    subscription = items.subscribe()
+    threads = [threading.Thread(target=append_locked, args=(items, 250)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    received: list[Change] = []
+    async for change in subscription:
+        received.append(change)
+        if len(received) == 1000:
+            break
+    for thread in threads:
+        await asyncio.to_thread(thread.join)
+    assert [change.seq for change in received] == list(range(1, 1001))
+    assert [change.path for change in received] == [(i,) for i in range(1000)]
+    assert sorted(news(received)) == sorted(list(range(250)) * 4)
+    assert received == items.tracking_changes()
+
+
+async def test_threads_writing_without_the_lock_lose_no_change() -> None:
+    """Unsynchronized writers from several threads: every change reaches the subscriber."""
+    items: TrackedList[int] = TrackedList(history=None)
+    subscription = items.subscribe()
+    threads = [threading.Thread(target=append_range, args=(items, 250)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        await asyncio.to_thread(thread.join)
+    subscription.close()
+    received = await drain(subscription)
+    assert len(received) == len(items) == 1000
+    assert sorted(news(received)) == sorted(items)
+
+
+def test_the_tracking_lock_is_the_roots_and_reentrant() -> None:
+    """A child hands out its root's lock, which one thread may take twice."""
+    root: TrackedDict[str, Any] = TrackedDict({"a": {"b": []}})
+    lock = root.tracking_lock
+    assert root["a"]["b"].tracking_lock is lock
+    with lock, lock:
+        root["a"]["b"].append(1)
+    assert root.last_change() is not None
+
+
+async def test_a_change_made_before_close_is_delivered_one_after_is_not() -> None:
+    """close() ends the iteration after what was queued, from any thread."""
     items: TrackedList[int] = TrackedList()
     subscription = items.subscribe()
     append_from_a_thread(items, 1)
     subscription.close()
-    await asyncio.sleep(0)
-    assert await drain(subscription) == []
+    await asyncio.to_thread(items.append, 9)
+    assert news(await drain(subscription)) == [0]
     assert subscription.get_nowait() is None
+    assert subscription.qsize() == 0
 
 
 async def test_async_queue_observer_feeds_a_users_queue() -> None:
@@ -319,10 +389,30 @@ async def test_async_queue_observer_takes_changes_from_other_threads() -> None:
     assert received == list(range(50))
 
 
-def test_async_queue_observer_needs_a_running_loop() -> None:
-    """async_queue_observer is made inside the event loop that owns the queue."""
-    with pytest.raises(RuntimeError, match="no running event loop"):
-        async_queue_observer(asyncio.Queue())
+def test_async_queue_observer_made_before_the_loop_runs() -> None:
+    """Made outside a loop, it binds to the first loop that runs a mutation."""
+    items: TrackedList[int] = TrackedList()
+    queue: asyncio.Queue[Change] = asyncio.Queue()
+    items.tracking_add_observer(async_queue_observer(queue))
+    items.append(1)  # no loop at all: put directly
+
+    async def main() -> list[Any]:
+        items.append(2)  # in the loop: put directly, binding it
+        await asyncio.to_thread(items.append, 3)  # another thread: through the loop
+        return [(await queue.get()).new for _ in range(3)]
+
+    assert asyncio.run(main()) == [1, 2, 3]
+
+
+async def test_async_queue_observer_with_an_explicit_loop() -> None:
+    """loop= names the queue's loop when the observer is made elsewhere."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Change] = asyncio.Queue()
+    items: TrackedList[int] = TrackedList()
+    observer = await asyncio.to_thread(async_queue_observer, queue, loop=loop)
+    items.tracking_add_observer(observer)
+    await asyncio.to_thread(items.append, 4)
+    assert (await asyncio.wait_for(queue.get(), 5)).new == 4
 
 
 async def test_an_abandoned_subscription_is_forgotten() -> None:
@@ -333,4 +423,4 @@ async def test_an_abandoned_subscription_is_forgotten() -> None:
     del subscription
     gc.collect()
     config["b"] = 2
-    assert config._root_tracker()[1].observers == []
+    assert config._root_tracker()[1].feeds == []

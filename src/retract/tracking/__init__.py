@@ -10,11 +10,13 @@ from ._containers import TrackedSet as TrackedSet
 from ._subscribe import Subscription as Subscription
 from ._subscribe import async_queue_observer as async_queue_observer
 from ._tracker import DEFAULT_HISTORY as DEFAULT_HISTORY
+from ._tracker import ChangeHistory as ChangeHistory
 
 __all__ = (
     "DEFAULT_HISTORY",
     "Change",
     "ChangeCollector",
+    "ChangeHistory",
     "Subscription",
     "TrackedAttr",
     "TrackedDict",

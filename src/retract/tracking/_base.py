@@ -7,6 +7,7 @@ it), so a change deep in the tree is recorded with its path from the root.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ContainerLockedError
 from ._change import Action, Change, Kind
 from ._plain import plain
-from ._tracker import DEFAULT_HISTORY, Observer, Tracker
+from ._tracker import DEFAULT_HISTORY, ChangeHistory, Observer, Tracker
 
 if TYPE_CHECKING:
     from ._subscribe import Overflow, Subscription
@@ -97,8 +98,11 @@ class Tracked:
 
     # -- history ----------------------------------------------------------------------
 
-    def tracking_changes(self, most_recent: int | None = None) -> list[Change]:
+    def tracking_changes(self, most_recent: int | None = None) -> ChangeHistory:
         """The kept history of the whole tree, oldest first.
+
+        The history is bounded (``history=`` when the root was made): the list's
+        ``truncated`` attribute says how many of the oldest changes it no longer holds.
 
         :param most_recent: only the newest N changes.
         """
@@ -106,8 +110,7 @@ class Tracked:
 
     def last_change(self) -> Change | None:
         """The newest change of the tree, or None."""
-        history = self._root_tracker()[1].history
-        return history[-1] if history else None
+        return self._root_tracker()[1].last()
 
     def changes_since(self, cursor: Change | int) -> list[Change]:
         """The changes after ``cursor`` (a Change, or its ``seq``), oldest first.
@@ -194,16 +197,16 @@ class Tracked:
         same tree while the block runs (if it awaits) are reverted with it.
         """
         root, tracker = self._root_tracker()
-        pending: list[Change] = []
-        tracker.transactions.append(pending)
+        pending: list[tuple[Any, ...]] = []  # the changes' fields, as the tracker keeps them
+        feed = tracker.add_feed(pending.append)
         try:
             yield
         except BaseException:
-            _forget(tracker.transactions, pending)
+            tracker.remove_feed(feed)
             for done in reversed(pending):
-                root.apply_change(done.inverse())
+                root.apply_change(Change(*done).inverse())
             raise
-        _forget(tracker.transactions, pending)
+        tracker.remove_feed(feed)
 
     # -- locking ----------------------------------------------------------------------
 
@@ -216,6 +219,19 @@ class Tracked:
         """Allow mutations again (of this container and its children)."""
         for node in self._subtree():
             node._locked = False  # type: ignore[misc]
+
+    @property
+    def tracking_lock(self) -> threading.RLock:
+        """The tree's lock, for code that changes it from several threads at once.
+
+        Tracked containers are not synchronized, like the builtins: each mutation is
+        recorded as it happens, and changes from any one thread (the event loop's, or
+        a worker's) keep their order. When two threads may change one tree at the same
+        time, hold this lock around each change (``with config.tracking_lock:``) so
+        that every change's ``old`` value, ``seq`` and place in the history and in the
+        subscriptions follow the previous change. It is re-entrant; retract never takes it.
+        """
+        return self._root_tracker()[1].lock
 
     @property
     def locked(self) -> bool:
@@ -238,15 +254,6 @@ class Tracked:
     def to_plain(self) -> Any:
         """A plain deep copy (dict, list or set) of this container."""
         return plain(self)
-
-
-def _forget(transactions: list[list[Change]], pending: list[Change]) -> None:
-    # By identity: list.remove compares with ==, and nested transactions can hold equal
-    # lists (the same changes), so it would take the wrong one out.
-    for index, candidate in enumerate(transactions):
-        if candidate is pending:
-            del transactions[index]
-            return
 
 
 def _path_within(node: Tracked, root: Tracked) -> tuple[Any, ...] | None:

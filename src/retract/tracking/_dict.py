@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Self, TypeVar
 
 from ._base import MISSING, Tracked, detach
-from ._change import Kind
+from ._change import Action, Kind, current_actor
 from ._plain import SCALARS, plain
 from ._tracker import DEFAULT_HISTORY
 
@@ -14,6 +15,7 @@ __all__ = ("TrackedDict",)
 
 _get = dict.get
 _set = dict.__setitem__
+_now = time.time
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -74,20 +76,26 @@ class TrackedDict(Tracked, dict[K, V]):
             new = plain(value)
         old = _get(self, key, MISSING)
         _set(self, key, value)
-        tracker = self._tracker
         if old is MISSING:
-            if tracker is not None and self._parent is None:  # the fast path: a root
-                tracker.record((key,), "add", None, new, "dict")
-            else:
-                self._record((key,), "add", None, new)
-            return
-        if type(old) not in SCALARS:
-            detach(old)
-            old = plain(old)
-        if tracker is not None and self._parent is None:
-            tracker.record((key,), "replace", old, new, "dict")
+            action: Action = "add"
+            old = None
         else:
-            self._record((key,), "replace", old, new)
+            action = "replace"
+            if type(old) not in SCALARS:
+                detach(old)
+                old = plain(old)
+        tracker = self._tracker  # only a root has one
+        if tracker is None or not tracker.direct:
+            self._record((key,), action, old, new)
+            return
+        # Tracker.record, inlined for the most common write (no capture, no observer).
+        tracker.seq = seq = tracker.seq + 1
+        raw = (seq, (key,), action, old, new, current_actor(), _now(), "dict", None, None)
+        tracker.history.append(raw)
+        for feed in tracker.feeds:
+            feed(raw)
+        if tracker.sleepers:
+            tracker.wake()
 
     def __delitem__(self, key: K) -> None:
         if self._locked:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Iterable
 from typing import Any, Self, SupportsIndex, TypeVar, overload
 
 from ._base import Tracked, detach
-from ._change import Kind
+from ._change import Kind, current_actor
 from ._plain import SCALARS, plain
 from ._tracker import DEFAULT_HISTORY
 
 __all__ = ("TrackedList",)
 
 _append = list.append
+_now = time.time
 
 T = TypeVar("T")
 
@@ -86,11 +88,18 @@ class TrackedList(Tracked, list[T]):
             new = plain(item)
         index = len(self)
         _append(self, item)
-        tracker = self._tracker
-        if tracker is not None and self._parent is None:  # the fast path: a root
-            tracker.record((index,), "add", None, new, "list")
-        else:
+        tracker = self._tracker  # only a root has one
+        if tracker is None or not tracker.direct:
             self._record((index,), "add", None, new)
+            return
+        # Tracker.record, inlined for the most common write (no capture, no observer).
+        tracker.seq = seq = tracker.seq + 1
+        raw = (seq, (index,), "add", None, new, current_actor(), _now(), "list", None, None)
+        tracker.history.append(raw)
+        for feed in tracker.feeds:
+            feed(raw)
+        if tracker.sleepers:
+            tracker.wake()
 
     def insert(self, index: SupportsIndex, item: T) -> None:
         """Like ``list.insert`` (the index is clamped like list's)."""

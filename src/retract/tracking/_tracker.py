@@ -21,7 +21,7 @@ from .._errors import HistoryTruncatedError
 from ._change import Action, Change, Kind, current_actor
 from ._plain import plain
 
-__all__ = ("DEFAULT_HISTORY", "Observer", "Tracker")
+__all__ = ("DEFAULT_HISTORY", "ChangeHistory", "Feed", "Observer", "Tracker")
 
 #: Frames inside this package are left out of captured stacks.
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -34,22 +34,38 @@ logger = logging.getLogger("retract")
 DEFAULT_HISTORY = 10_000
 
 Observer = Callable[[Change], object]
+#: Called with a change's fields as a plain tuple (a ``Change`` is made by the reader).
+Feed = Callable[[tuple[Any, ...]], None]
+
+
+class ChangeHistory(list[Change]):
+    """The changes :meth:`~retract.tracking.Tracked.tracking_changes` returns (a list).
+
+    :ivar truncated: how many of the oldest changes the bounded history no longer
+        holds (0: it holds every change since the container was made).
+    """
+
+    __slots__ = ("truncated",)
+    truncated: int
 
 
 class Tracker:
     """Sequence numbers, history and observers of one root container (not public)."""
 
     __slots__ = (
-        "_acquire",
-        "_release",
         "_root",
+        "_sleep_lock",
         "capture_snapshots",
         "capture_stack",
+        "capturing",
+        "direct",
+        "feeds",
         "history",
+        "lock",
         "observer_errors",
         "observers",
         "seq",
-        "transactions",
+        "sleepers",
         "wrappers",
     )
 
@@ -67,57 +83,75 @@ class Tracker:
         # leave every dropped container to the cyclic garbage collector.
         self._root = weakref.ref(root)
         self.seq = 0
-        self.history: deque[Change] = deque(maxlen=history)
+        self.history: deque[tuple[Any, ...]] = deque(maxlen=history)
+        self.feeds: list[Feed] = []
+        #: Subscription queues whose consumer waits for the next change (see wake()).
+        self.sleepers: list[Any] = []
+        self._sleep_lock = threading.Lock()
         self.observers: list[Observer] = []
         self.wrappers: dict[Observer, Observer] = {}
         self.observer_errors = 0
-        self.transactions: list[list[Change]] = []
         self.capture_snapshots = capture_snapshots
         self.capture_stack = capture_stack
-        lock = threading.Lock()
-        self._acquire, self._release = lock.acquire, lock.release  # bound once: cheaper
+        self.capturing = capture_snapshots or capture_stack
+        #: Nothing to capture and no observer: a change only goes to history and feeds.
+        self.direct = not self.capturing
+        #: For writers in several threads (``Tracked.tracking_lock``); never taken here.
+        self.lock = threading.RLock()
 
     def record(self, path: tuple[Any, ...], action: Action, old: Any, new: Any, kind: Kind) -> None:
-        """Make a Change, keep it, and hand it to every observer."""
+        """Keep a change and hand it to every feed and observer.
+
+        The history and the feeds get the change's fields as a plain tuple: a ``Change``
+        is made from it only when someone reads it (or once, for the observers), which
+        keeps the write path short. ``TrackedDict.__setitem__`` and
+        ``TrackedList.append`` inline this while :attr:`direct`.
+        """
         snapshot = stack = None
-        if self.capture_snapshots:
-            snapshot = plain(self._root())
-        if self.capture_stack:
-            frames = traceback.extract_stack(limit=24)
-            outside = [frame for frame in frames if not frame.filename.startswith(_PACKAGE)]
-            stack = tuple(traceback.format_list(outside[-12:]))
-        self._acquire()  # mutations from other threads get distinct, ordered numbers
-        try:
-            self.seq = seq = self.seq + 1
-            # tuple.__new__ directly: the named tuple's own __new__ is a Python call.
-            change = _new_change(
-                Change,
-                (seq, path, action, old, new, current_actor(), _now(), kind, snapshot, stack),
-            )
-            self.history.append(change)
-        finally:
-            self._release()
-        if self.transactions:
-            for pending in self.transactions:
-                pending.append(change)
-        for observer in self.observers:
-            try:
-                observer(change)
-            except Exception:
-                self.observer_errors += 1
-                logger.exception("a tracking observer raised; the change stands")
+        if self.capturing:
+            if self.capture_snapshots:
+                snapshot = plain(self._root())
+            if self.capture_stack:
+                frames = traceback.extract_stack(limit=24)
+                outside = [frame for frame in frames if not frame.filename.startswith(_PACKAGE)]
+                stack = tuple(traceback.format_list(outside[-12:]))
+        # Not synchronized (see ``Tracked.tracking_lock``): a lock here would cost a
+        # fifth of a write, and still would not make a mutation and its record atomic.
+        self.seq = seq = self.seq + 1
+        raw = (seq, path, action, old, new, current_actor(), _now(), kind, snapshot, stack)
+        self.history.append(raw)
+        for feed in self.feeds:
+            feed(raw)
+        if self.sleepers:
+            self.wake()
+        if self.observers:
+            change = _new_change(Change, raw)
+            for observer in self.observers:
+                try:
+                    observer(change)
+                except Exception:
+                    self.observer_errors += 1
+                    logger.exception("a tracking observer raised; the change stands")
 
     # -- history ----------------------------------------------------------------------
 
-    def changes(self, most_recent: int | None) -> list[Change]:
+    def changes(self, most_recent: int | None) -> ChangeHistory:
         """The kept history, oldest first (the ``most_recent`` newest ones only)."""
+        history = self.history
         if most_recent is None:
-            return list(self.history)
-        if most_recent < 0:
-            raise ValueError(f"most_recent must be >= 0, not {most_recent!r}")
-        if most_recent == 0:
-            return []
-        return list(self.history)[-most_recent:]
+            start = 0
+        elif type(most_recent) is not int or most_recent < 0:
+            raise ValueError(f"most_recent must be an int >= 0 or None, not {most_recent!r}")
+        else:
+            start = max(len(history) - most_recent, 0)
+        kept = ChangeHistory(_new_change(Change, history[i]) for i in range(start, len(history)))
+        kept.truncated = self.truncated
+        return kept
+
+    def last(self) -> Change | None:
+        """The newest change, or None."""
+        history = self.history
+        return _new_change(Change, history[-1]) if history else None
 
     def since(self, cursor: Change | int) -> list[Change]:
         """The changes after ``cursor`` (a Change or its seq), oldest first."""
@@ -127,7 +161,7 @@ class Tracker:
         if seq >= self.seq:
             return []
         history = self.history
-        oldest = history[0].seq if history else self.seq + 1
+        oldest = history[0][0] if history else self.seq + 1
         if seq + 1 < oldest:
             kept = f"#{oldest}-#{self.seq}" if history else "none"
             raise HistoryTruncatedError(
@@ -136,7 +170,50 @@ class Tracker:
                 "container with a larger history= (None: unbounded) to look that far back"
             )
         start = seq + 1 - oldest
-        return [history[i] for i in range(start, len(history))]
+        return [_new_change(Change, history[i]) for i in range(start, len(history))]
+
+    @property
+    def truncated(self) -> int:
+        """How many of the oldest changes fell off the bounded history."""
+        history = self.history
+        return history[0][0] - 1 if history else self.seq
+
+    # -- feeds (subscriptions) ----------------------------------------------------------
+
+    def add_feed(
+        self, feed: Feed, scope: Callable[[], tuple[Any, ...] | None] | None = None
+    ) -> Feed:
+        """Call ``feed(raw)`` with every change's fields, before the observers.
+
+        A feed must be quick and must not change the tree: subscriptions and
+        transactions are feeds. ``scope`` (a subscription on a nested container) limits
+        it to that subtree.
+        :return: what was registered, for :meth:`remove_feed`.
+        """
+        registered = feed if scope is None else _scoped_feed(feed, scope)
+        self.feeds = [*self.feeds, registered]  # a copy: safe while iterating
+        return registered
+
+    def remove_feed(self, registered: Feed) -> None:
+        """Stop a feed (nothing if it is already gone)."""
+        self.feeds = [f for f in self.feeds if f is not registered]
+
+    def add_sleeper(self, queue: Any) -> None:
+        """``queue.kick()`` at the next change (a subscription's consumer waits)."""
+        with self._sleep_lock:
+            self.sleepers = [*self.sleepers, queue]
+
+    def remove_sleeper(self, queue: Any) -> None:
+        """No kick needed any more (nothing if already woken)."""
+        with self._sleep_lock:
+            self.sleepers = [q for q in self.sleepers if q is not queue]
+
+    def wake(self) -> None:
+        """Kick every waiting consumer, once: each registers again when it waits again."""
+        with self._sleep_lock:
+            sleepers, self.sleepers = self.sleepers, []
+        for queue in sleepers:
+            queue.kick()
 
     # -- observers --------------------------------------------------------------------
 
@@ -162,6 +239,7 @@ class Tracker:
             wrapper = _filtered(observer, actions, path_prefix, scope)
         self.wrappers[observer] = wrapper
         self.observers = [*self.observers, wrapper]  # a copy: safe while iterating
+        self.direct = False
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop calling ``observer``.
@@ -173,6 +251,7 @@ class Tracker:
         except KeyError:
             raise ValueError(f"{observer!r} is not observing this container") from None
         self.observers = [o for o in self.observers if o is not wrapper]
+        self.direct = not (self.capturing or self.observers)
 
 
 def _filtered(
@@ -202,3 +281,12 @@ def _filtered(
         return observer(change)
 
     return filtered
+
+
+def _scoped_feed(feed: Feed, scope: Callable[[], tuple[Any, ...] | None]) -> Feed:
+    def scoped(raw: tuple[Any, ...]) -> None:
+        base = scope()
+        if base is not None and raw[1][: len(base)] == base:
+            feed(raw)
+
+    return scoped
