@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retract import (
     HistoryTruncatedError,
@@ -14,6 +17,7 @@ from retract import (
     TrackedSet,
 )
 from retract.tracking import DEFAULT_HISTORY
+from retract.tracking._tracker import CHUNK
 
 
 def filled(count: int, history: int | None) -> TrackedList[int]:
@@ -276,3 +280,50 @@ def test_capture_stack_records_where_the_mutation_was_made() -> None:
     assert change is not None
     assert change.stack is not None
     assert "test_capture_stack_records_where_the_mutation_was_made" in change.stack[-1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(bound=st.none() | st.integers(0, 200), count=st.integers(0, 400))
+def test_history_across_chunks_keeps_exactly_the_newest(bound: int | None, count: int) -> None:
+    """Across sealed chunks and trims, reads see exactly the newest ``bound`` changes."""
+    items = filled(count, history=bound)
+    kept = count if bound is None else min(bound, count)
+    changes = items.tracking_changes()
+    assert seqs(changes) == list(range(count - kept + 1, count + 1))
+    assert changes.truncated == count - kept
+    assert [change.new for change in changes] == list(range(count - kept, count))
+    for most_recent in (0, 1, 63, 64, 65, 500):
+        expected = seqs(changes)[max(len(changes) - most_recent, 0) :]
+        assert seqs(items.tracking_changes(most_recent)) == expected
+    for cursor in range(count - kept, count + 1):
+        assert seqs(items.changes_since(cursor)) == list(range(cursor + 1, count + 1))
+    if count - kept > 0:
+        with pytest.raises(HistoryTruncatedError):
+            items.changes_since(count - kept - 1)
+    last = items.last_change()
+    assert (last.seq if last else None) == (count if kept else None)
+
+
+def test_the_inlined_writes_seal_chunks_of_chunk_changes() -> None:
+    """TrackedDict.__setitem__ and TrackedList.append seal every CHUNK (64) changes."""
+    assert CHUNK == 64  # the inlined writes test ``seq & 63``
+    config: TrackedDict[str, int] = TrackedDict(history=None)
+    items: TrackedList[int] = TrackedList(history=None)
+    for i in range(CHUNK * 3 + 5):
+        config["k"] = i
+        items.append(i)
+    for tree in (config, items):
+        tracker = tree._root_tracker()[1]
+        assert [len(chunk) for chunk in tracker.chunks] == [CHUNK] * 3
+        assert len(tracker.tail) == 5
+
+
+def test_a_long_history_is_not_tracked_by_the_garbage_collector() -> None:
+    """Sealed chunks of plain values drop out of the GC: a full collection stays cheap."""
+    config: TrackedDict[str, Any] = TrackedDict(history=None)
+    for i in range(CHUNK * 50):
+        config[f"k{i % 7}"] = i
+    for _ in range(3):  # a pass may look at a tuple before the tuples in it: 3 levels
+        gc.collect()
+    tracker = config._root_tracker()[1]
+    assert not any(gc.is_tracked(chunk) for chunk in tracker.chunks)

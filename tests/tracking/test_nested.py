@@ -686,3 +686,20 @@ def test_set_changes_have_no_json_patch() -> None:
     tags.add("x")
     with pytest.raises(TypeError, match="JSON has no sets"):
         last(tags).to_json_patch()
+
+
+def test_a_rollback_that_fails_keeps_the_blocks_error_with_a_note() -> None:
+    """The block's own exception is raised; a note says the rollback stopped partway."""
+    config: TrackedDict[str, int] = TrackedDict({"a": 0})
+    with pytest.raises(Boom) as raised, config.transaction():
+        config["a"] = 1
+        config["b"] = 2
+        config.lock()
+        raise Boom
+    notes = raised.value.__notes__
+    assert len(notes) == 1
+    assert "rolling back the transaction failed after 0 of 2 changes" in notes[0]
+    assert "ContainerLockedError" in notes[0]
+    assert config == {"a": 1, "b": 2}
+    config.unlock()
+    assert config._root_tracker()[1].feeds == []

@@ -301,12 +301,32 @@ def test_removing_an_observer_twice_raises_value_error() -> None:
 
 
 def test_adding_an_observer_twice_raises_value_error() -> None:
-    """The same observer cannot be added twice to one tree."""
+    """The same observer cannot be added twice to one container."""
     collector = ChangeCollector()
     root = tree()
-    root.tracking_add_observer(collector)
+    root["a"].tracking_add_observer(collector)
     with pytest.raises(ValueError, match="already observing"):
         root["a"].tracking_add_observer(collector)
+
+
+def test_one_observer_may_watch_several_containers_of_a_tree() -> None:
+    """Added on two children, it gets each one's changes; removed from each in turn."""
+    collector = ChangeCollector()
+    root: TrackedDict[str, Any] = TrackedDict({"a": {}, "b": {}})
+    root["a"].tracking_add_observer(collector)
+    root["b"].tracking_add_observer(collector)
+    root["a"]["x"] = 1
+    root["b"]["y"] = 2
+    assert [change.path for change in collector] == [("a", "x"), ("b", "y")]
+    with pytest.raises(ValueError, match="several containers of this tree"):
+        root.tracking_remove_observer(collector)
+    root["a"].tracking_remove_observer(collector)
+    root["a"]["x"] = 3
+    root["b"]["y"] = 4
+    assert [change.new for change in collector] == [1, 2, 4]
+    root.tracking_remove_observer(collector)  # the only one left, added on b
+    root["b"]["y"] = 5
+    assert len(collector) == 3
 
 
 def test_adding_a_non_callable_observer_raises_type_error() -> None:

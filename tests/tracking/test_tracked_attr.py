@@ -98,3 +98,38 @@ def test_deleting_a_missing_attribute_raises_attribute_error() -> None:
     with pytest.raises(AttributeError):
         del server.missing  # type: ignore[attr-defined]
     assert server.tracking_changes() == []
+
+
+class Captured(TrackedAttr):
+    tracking_capture_snapshots = True
+    tracking_capture_stack = True
+    tracking_history = 2
+
+    def __init__(self) -> None:
+        self.port = 80
+        self.tags = ["a"]
+
+
+def test_class_attributes_set_history_snapshots_and_stacks() -> None:
+    """tracking_history / _capture_snapshots / _capture_stack act like the arguments."""
+    obj = Captured()
+    obj.port = 81
+    obj.tags.append("b")
+    obj.port = 82
+    changes = obj.tracking_changes()
+    assert [change.new for change in changes] == ["b", 82]
+    assert changes.truncated == 1
+    assert changes[-1].snapshot == {"port": 82, "tags": ["a", "b"]}
+    assert changes[0].snapshot == {"port": 81, "tags": ["a", "b"]}
+    assert changes[-1].stack is not None
+    assert any(__file__ in line for line in changes[-1].stack)
+
+
+def test_to_plain_is_a_dict_of_the_public_attributes() -> None:
+    """to_plain() copies the public attributes; later changes do not reach the copy."""
+    server = Server("db1", tags=["x"])
+    copy = server.to_plain()
+    assert copy == {"host": "db1", "port": 80, "tags": ["x"]}
+    server.tags.append("y")
+    assert copy["tags"] == ["x"]
+    assert type(copy["tags"]) is list

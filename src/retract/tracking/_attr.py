@@ -40,19 +40,25 @@ class TrackedAttr(Tracked, metaclass=_TrackedAttrMeta):
     Assignments made while ``__init__`` runs are the object's starting state, not
     changes. Names starting with ``_`` are not tracked. Plain dicts, lists and sets
     assigned to attributes become tracked children. :meth:`lock_attribute` refuses
-    assignments to one attribute; :meth:`lock` to all. The history keeps
-    ``tracking_history`` changes (a class attribute; None: unbounded).
+    assignments to one attribute; :meth:`lock` to all. Class attributes set the
+    options the containers take as arguments: ``tracking_history`` (changes kept;
+    None: unbounded), ``tracking_capture_snapshots`` and ``tracking_capture_stack``.
     """
 
     _kind: Kind = "object"
     _paused: bool
     _attr_locks: set[str]
     tracking_history: int | None = DEFAULT_HISTORY
+    tracking_capture_snapshots: bool = False
+    tracking_capture_stack: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         obj = super().__new__(cls)
         tracker = Tracker(
-            obj, history=cls.tracking_history, capture_snapshots=False, capture_stack=False
+            obj,
+            history=cls.tracking_history,
+            capture_snapshots=cls.tracking_capture_snapshots,
+            capture_stack=cls.tracking_capture_stack,
         )
         # Set before __init__ runs (a dataclass's __init__ never calls ours).
         vars(obj).update(
@@ -113,6 +119,10 @@ class TrackedAttr(Tracked, metaclass=_TrackedAttrMeta):
     def attribute_locked(self, name: str) -> bool:
         """Whether attribute ``name`` is locked (by itself or by :meth:`lock`)."""
         return self._locked or name in self._attr_locks
+
+    def to_plain(self) -> dict[str, Any]:
+        """The public attributes in ``vars()`` as a dict of plain deep copies."""
+        return {name: plain(value) for name, value in vars(self).items() if name[:1] != "_"}
 
     def _refuse_locked(self) -> None:
         raise ContainerLockedError(

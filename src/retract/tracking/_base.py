@@ -7,6 +7,7 @@ it), so a change deep in the tree is recorded with its path from the root.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from ._subscribe import Overflow, Subscription
 
 __all__ = ("Tracked", "detach")
+
+logger = logging.getLogger("retract")
 
 #: Stands for "no value" where None is a value.
 MISSING: Any = object()
@@ -141,16 +144,22 @@ class Tracked:
         :return: ``observer``, so it can be used as a decorator.
         """
         root, tracker = self._root_tracker()
-        scope = None if root is self else partial(_path_within, self, root)
-        tracker.add_observer(observer, actions=actions, path_prefix=path_prefix, scope=scope)
+        if root is self:
+            tracker.add_observer(observer, actions=actions, path_prefix=path_prefix)
+        else:  # the scope holds this container, so its id stays its own meanwhile
+            scope = partial(_path_within, self, root)
+            tracker.add_observer(
+                observer, actions=actions, path_prefix=path_prefix, scope=scope, where=id(self)
+            )
         return observer
 
     def tracking_remove_observer(self, observer: Observer) -> None:
-        """Stop calling ``observer``.
+        """Stop calling ``observer`` (added on this same container).
 
-        :raises ValueError: it is not observing this tree.
+        :raises ValueError: it is not observing this container.
         """
-        self._root_tracker()[1].remove_observer(observer)
+        root, tracker = self._root_tracker()
+        tracker.remove_observer(observer, 0 if root is self else id(self))
 
     @property
     def tracking_observer_errors(self) -> int:
@@ -194,17 +203,29 @@ class Tracked:
         """Group changes: if the block raises, every change made in it is reverted.
 
         The reverting changes are recorded too. Changes that other tasks make to the
-        same tree while the block runs (if it awaits) are reverted with it.
+        same tree while the block runs (if it awaits) are reverted with it. The block's
+        own exception is the one raised; should the rollback itself fail (the tree was
+        locked in the block, say), a note on that exception says how far it got.
         """
         root, tracker = self._root_tracker()
         pending: list[tuple[Any, ...]] = []  # the changes' fields, as the tracker keeps them
         feed = tracker.add_feed(pending.append)
         try:
             yield
-        except BaseException:
+        except BaseException as error:
             tracker.remove_feed(feed)
-            for done in reversed(pending):
-                root.apply_change(Change(*done).inverse())
+            undone = 0
+            try:
+                for done in reversed(pending):
+                    root.apply_change(Change(*done).inverse())
+                    undone += 1
+            except Exception as failure:
+                logger.exception("rolling back a tracked transaction failed")
+                error.add_note(
+                    f"retract: rolling back the transaction failed after {undone} of "
+                    f"{len(pending)} changes ({type(failure).__name__}: {failure}); the "
+                    "container is only partly rolled back"
+                )
             raise
         tracker.remove_feed(feed)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from ._change import Change
 
 __all__ = ("ChangeCollector",)
@@ -18,6 +20,9 @@ class ChangeCollector:
 
     def __len__(self) -> int:
         return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
 
     def as_list(self) -> list[Change]:
         """A copy of the changes seen so far, oldest first."""

@@ -91,8 +91,11 @@ class TrackedDict(Tracked, dict[K, V]):
         # Tracker.record, inlined for the most common write (no capture, no observer).
         tracker.seq = seq = tracker.seq + 1
         raw = (seq, (key,), action, old, new, current_actor(), _now(), "dict", None, None)
-        tracker.history.append(raw)
-        for feed in tracker.feeds:
+        tracker.tail.append(raw)
+        if not seq & 63:  # every CHUNK (64) changes
+            tracker.seal()
+        feed = tracker.feed
+        if feed is not None:
             feed(raw)
         if tracker.sleepers:
             tracker.wake()

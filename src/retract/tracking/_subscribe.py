@@ -1,4 +1,4 @@
-"""Async subscriptions: changes pushed onto an asyncio.Queue, never blocking a mutation."""
+"""Async subscriptions: changes queued for a consumer task, never blocking a mutation."""
 
 from __future__ import annotations
 
@@ -24,45 +24,9 @@ Overflow = Literal["drop_oldest", "drop_newest", "error"]
 _OVERFLOWS = ("drop_oldest", "drop_newest", "error")
 #: Ends the iteration (queued by close()).
 _END: Any = object()
-#: Wakes a consumer waiting in ``get()``; never stored (see ``_ChangeQueue._put``).
-_KICK: Any = object()
 _thread_id = threading.get_ident
 _running_loop = asyncio._get_running_loop  # None outside a loop (get_running_loop raises)
 _new_change = tuple.__new__
-
-
-class _ChangeQueue(asyncio.Queue[Any]):
-    """The asyncio.Queue under a subscription, which the tracker fills directly.
-
-    Recording a change appends its fields to :attr:`buffer` (this queue's own deque,
-    made in ``_init``, the hook asyncio's own LIFO and priority queues use): for an
-    unbounded subscription the feed is ``buffer.append`` itself, so a write costs no
-    Python call per subscriber. A consumer that finds the buffer empty registers as a
-    sleeper of the tracker and awaits ``get()``; the next write wakes it by putting
-    ``_KICK``, which is stored only into an empty buffer (the consumer then looks
-    again), so ``put_nowait``'s cost is paid once per wait, not once per change.
-    """
-
-    buffer: deque[Any]
-    loop: asyncio.AbstractEventLoop | None
-    thread: int
-
-    def _init(self, maxsize: int) -> None:
-        self._queue = self.buffer = deque()
-        self.loop = None
-        self.thread = 0
-
-    def _put(self, item: Any) -> None:
-        if item is not _KICK or not self.buffer:
-            self.buffer.append(item)
-
-    def kick(self) -> None:
-        """Wake the consumer if it waits in ``get()`` (from any thread)."""
-        if _thread_id() == self.thread:
-            self.put_nowait(_KICK)
-        elif self.loop is not None:  # asyncio is not thread-safe: through the loop
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                self.loop.call_soon_threadsafe(self.put_nowait, _KICK)
 
 
 class Subscription:
@@ -74,16 +38,23 @@ class Subscription:
         async for change in sub:
             ...
 
-    Each change goes on an ``asyncio.Queue`` as the mutation happens; the mutation
-    never waits for the consumer. With ``maxsize=0`` the queue is unbounded and the
-    consumer gets every change, in order. With a bound, a full queue drops the oldest
-    queued change (``"drop_oldest"``), the new one (``"drop_newest"``), or ends the
-    subscription with :class:`~retract.SubscriberOverflowError` once the consumer has
-    read what was queued (``"error"``); :attr:`dropped` counts the drops.
+    Each change is queued as the mutation happens; the mutation never waits for the
+    consumer. With ``maxsize=0`` the queue is unbounded and the consumer gets every
+    change, in order. With a bound, a full queue drops the oldest queued change
+    (``"drop_oldest"``), the new one (``"drop_newest"``), or ends the subscription with
+    :class:`~retract.SubscriberOverflowError` once the consumer has read what was queued
+    (``"error"``); :attr:`dropped` counts the drops.
 
-    It can be made anywhere, even before an event loop runs; the loop that iterates
-    it owns it. Mutations from other threads are queued as they happen and wake the
-    consumer through its loop's ``call_soon_threadsafe`` (see
+    The queue is a ``deque`` that the tree appends to directly (for an unbounded
+    subscription the feed is the deque's own ``append``: no Python call per change).
+    A consumer that finds it empty registers a future with the tree and awaits it;
+    the next change resolves it, so waking costs once per wait, not once per change.
+    (``asyncio.Queue.put_nowait`` per change would cost more than the rest of a write;
+    :func:`async_queue_observer` feeds an ``asyncio.Queue`` of your own.)
+
+    It can be made anywhere, even before an event loop runs; each wait belongs to the
+    loop that awaits. Mutations from other threads are queued as they happen and wake
+    the consumer through its loop's ``call_soon_threadsafe`` (see
     :attr:`~retract.tracking.TrackedDict.tracking_lock` for several writing threads).
     :meth:`close` (or leaving ``async with``) ends the iteration after the changes
     queued so far. A subscription that nobody holds any more (its consumer task is
@@ -95,8 +66,7 @@ class Subscription:
             raise ValueError(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
         if type(maxsize) is not int or maxsize < 0:
             raise ValueError(f"maxsize must be an int >= 0 (0: unbounded), not {maxsize!r}")
-        # Unbounded underneath: the bound is applied by the feed, with its policy.
-        self._queue = queue = _ChangeQueue()
+        self._buffer: deque[Any] = deque()
         self._closed = False
         self._error: SubscriberOverflowError | None = None
         self._dropped = [0]
@@ -105,9 +75,9 @@ class Subscription:
         scope = None if root is container else _scope(container, root)
         feed: Feed
         if maxsize:
-            feed = _bounded_feed(queue.buffer, maxsize, overflow, self._dropped, weakref.ref(self))
+            feed = _bounded_feed(self._buffer, maxsize, overflow, self._dropped, weakref.ref(self))
         else:
-            feed = queue.buffer.append
+            feed = self._buffer.append
         self._feed = tracker.add_feed(feed, scope)
         # The tracker holds the feed, not the subscription: once its consumer dropped
         # it (a cancelled task, an abandoned iterator), it is no longer fed.
@@ -129,8 +99,8 @@ class Subscription:
             return
         self._closed = True
         self._tracker.remove_feed(self._feed)
-        self._queue.buffer.append(_END)
-        self._queue.kick()  # a waiting consumer sees the end
+        self._buffer.append(_END)
+        self._tracker.wake()  # a waiting consumer sees the end
 
     def _overflowed(self, maxsize: int) -> None:
         self._error = SubscriberOverflowError(
@@ -143,15 +113,10 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Change:
-        queue = self._queue
-        buffer = queue.buffer
-        while True:
-            if buffer:
-                raw = buffer.popleft()
-            else:
-                raw = await self._wait()
-            if raw is not _KICK:
-                break
+        buffer = self._buffer
+        while not buffer:
+            await self._wait()
+        raw = buffer.popleft()
         if raw is _END:
             buffer.appendleft(_END)  # later calls end too
             if self._error is not None:
@@ -159,35 +124,31 @@ class Subscription:
             raise StopAsyncIteration
         return _new_change(Change, raw)
 
-    async def _wait(self) -> Any:
-        queue, tracker = self._queue, self._tracker
-        queue.loop = asyncio.get_running_loop()
-        queue.thread = _thread_id()
-        tracker.add_sleeper(queue)
+    async def _wait(self) -> None:
+        """Until the next change (or close); the caller looks at the buffer again."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sleeper = (future, _thread_id())
+        tracker = self._tracker
+        tracker.add_sleeper(sleeper)
         try:
-            # Registered first, then looked at again: a change from another thread is
-            # either seen here or wakes the queue.
-            if queue.buffer:
-                return queue.buffer.popleft()
-            return await queue.get()
+            # Registered first, then looked at again: a change from another thread
+            # is either seen here or resolves the future.
+            if not self._buffer:
+                await future
         finally:
-            tracker.remove_sleeper(queue)
+            tracker.remove_sleeper(sleeper)
 
     def get_nowait(self) -> Change | None:
         """The next queued change, or None if there is none right now."""
-        buffer = self._queue.buffer
-        while buffer and buffer[0] is _KICK:
-            buffer.popleft()
+        buffer = self._buffer
         if not buffer or buffer[0] is _END:
             return None
         return _new_change(Change, buffer.popleft())
 
     def qsize(self) -> int:
         """How many changes are waiting."""
-        buffer = self._queue.buffer
-        # A wake-up marker can only be first; once closed, the end marker is in the
-        # buffer (exactly once) until read past.
-        return len(buffer) - (bool(buffer) and buffer[0] is _KICK) - self._closed
+        # Once closed, the end marker is in the buffer (exactly once) until read past.
+        return len(self._buffer) - self._closed
 
     async def __aenter__(self) -> Self:
         return self
@@ -215,24 +176,21 @@ def _bounded_feed(
     owner: weakref.ref[Subscription],
 ) -> Feed:
     def feed(raw: tuple[Any, ...]) -> None:
-        try:  # a wake-up marker first in the buffer is not a change
-            full = len(buffer) - (buffer[0] is _KICK) >= maxsize
-        except IndexError:  # empty
-            full = False
-        if full:
-            dropped[0] += 1
+        if len(buffer) >= maxsize:
             if overflow == "drop_newest":
+                dropped[0] += 1
                 return
             if overflow == "error":
+                dropped[0] += 1
                 subscription = owner()
                 if subscription is not None:
                     subscription._overflowed(maxsize)
                 return
-            with contextlib.suppress(IndexError):  # the consumer took it meanwhile
-                if buffer[0] is _KICK:
-                    del buffer[1]
-                else:
-                    buffer.popleft()
+            try:
+                buffer.popleft()
+                dropped[0] += 1
+            except IndexError:  # the consumer emptied it meanwhile: nothing dropped
+                pass
         buffer.append(raw)
 
     return feed
