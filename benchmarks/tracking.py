@@ -10,8 +10,8 @@ the current interpreter and skips pydatatracker.
 
 Targets (from issue 4):
 
-1. ``TrackedDict.__setitem__`` with one subscriber (``d.subscribe()``, fed through an
-   asyncio queue): at least 30x faster than pydatatracker's ``TrackedDict`` with one
+1. ``TrackedDict.__setitem__`` with one subscriber (``d.subscribe()``, read by an
+   ``async for`` consumer): at least 30x faster than pydatatracker's ``TrackedDict`` with one
    observer, at least 4x faster than psygnal's ``EventedDict`` with one callback, and at
    most 25x the cost of a plain ``dict`` set;
 2. ``TrackedList.append`` with one subscriber: at least 20x faster than psygnal's
