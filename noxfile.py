@@ -74,7 +74,7 @@ def bench(session: nox.Session) -> None:
     the end, naming the benchmarks that missed one. ``tracking`` runs itself on Python
     3.12 (in ``.nox/bench-3.12``), where pydatatracker, its predecessor, installs.
     """
-    benchmarks = ["journal", "atomic", "tracking"]
+    benchmarks = ["journal", "atomic", "tracking", "exporters"]
     args = list(session.posargs)
     if args and args[0] in benchmarks:
         benchmarks, args = [args[0]], args[1:]

@@ -72,3 +72,13 @@ def test_every_example_is_covered(example: str) -> None:
     """Each example file has a test in this module (so none can rot unnoticed)."""
     source = Path(__file__).read_text()
     assert f'"{example}"' in source
+
+
+def test_export_changes_reach_the_file_and_the_endpoint() -> None:
+    """Both exporters get every change; the HTTP one retries the 503 it is given."""
+    out = run("export_changes.py")
+    assert "file: 4 changes" in out
+    assert "http: 4 changes" in out
+    assert "1 retried try" in out
+    assert "#3 operator: add ['limits'] -> {'cpu': 2}" in out
+    assert "the endpoint got seq [1, 2, 3, 4]" in out

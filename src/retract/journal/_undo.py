@@ -396,6 +396,7 @@ class _UndoRun:
         metrics = self.journal.metrics
         if metrics is not None:
             metrics.record_undo(duration, undone=self.undone, failed=len(self.failed))
+            metrics.record_session_ended(status)  # rolled back, partly, or failed
         return UndoReport(
             session_id=self.session_id,
             status=status,

@@ -22,8 +22,6 @@ __all__ = ("Overflow", "Subscription", "async_queue_observer")
 
 Overflow = Literal["drop_oldest", "drop_newest", "error"]
 _OVERFLOWS = ("drop_oldest", "drop_newest", "error")
-#: Ends the iteration (queued by close()).
-_END: Any = object()
 _thread_id = threading.get_ident
 _running_loop = asyncio._get_running_loop  # None outside a loop (get_running_loop raises)
 _new_change = tuple.__new__
@@ -66,19 +64,24 @@ class Subscription:
             raise ValueError(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
         if type(maxsize) is not int or maxsize < 0:
             raise ValueError(f"maxsize must be an int >= 0 (0: unbounded), not {maxsize!r}")
-        self._buffer: deque[Any] = deque()
         self._closed = False
         self._error: SubscriberOverflowError | None = None
         self._dropped = [0]
+        self._taken = 0  # changes handed to the consumer
         root, tracker = container._root_tracker()
         self._tracker = tracker
         scope = None if root is container else _scope(container, root)
+        # A whole tree's "drop_oldest" queue is a deque with a maxlen, which drops in C:
+        # its drops are counted from the sequence numbers instead (see `dropped`).
+        self._ring = bool(maxsize) and overflow == "drop_oldest" and scope is None
+        self._buffer: deque[Any] = deque(maxlen=maxsize if self._ring else None)
         feed: Feed
-        if maxsize:
+        if maxsize and not self._ring:
             feed = _bounded_feed(self._buffer, maxsize, overflow, self._dropped, weakref.ref(self))
         else:
             feed = self._buffer.append
         self._feed = tracker.add_feed(feed, scope)
+        self._first = self._last = tracker.seq  # fed: the changes after _first (up to _last)
         # The tracker holds the feed, not the subscription: once its consumer dropped
         # it (a cancelled task, an abandoned iterator), it is no longer fed.
         weakref.finalize(self, tracker.remove_feed, self._feed)
@@ -86,7 +89,10 @@ class Subscription:
     @property
     def dropped(self) -> int:
         """How many changes the overflow policy dropped."""
-        return self._dropped[0]
+        if not self._ring:
+            return self._dropped[0]
+        last = self._last if self._closed else self._tracker.seq
+        return max(0, last - self._first - self._taken - len(self._buffer))
 
     @property
     def closed(self) -> bool:
@@ -97,9 +103,9 @@ class Subscription:
         """Stop receiving changes; iteration ends once the queued ones are read."""
         if self._closed:
             return
-        self._closed = True
         self._tracker.remove_feed(self._feed)
-        self._buffer.append(_END)
+        self._last = self._tracker.seq
+        self._closed = True
         self._tracker.wake()  # a waiting consumer sees the end
 
     def _overflowed(self, maxsize: int) -> None:
@@ -115,14 +121,13 @@ class Subscription:
     async def __anext__(self) -> Change:
         buffer = self._buffer
         while not buffer:
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
             await self._wait()
-        raw = buffer.popleft()
-        if raw is _END:
-            buffer.appendleft(_END)  # later calls end too
-            if self._error is not None:
-                raise self._error
-            raise StopAsyncIteration
-        return _new_change(Change, raw)
+        self._taken += 1
+        return _new_change(Change, buffer.popleft())
 
     async def _wait(self) -> None:
         """Until the next change (or close); the caller looks at the buffer again."""
@@ -131,9 +136,9 @@ class Subscription:
         tracker = self._tracker
         tracker.add_sleeper(sleeper)
         try:
-            # Registered first, then looked at again: a change from another thread
-            # is either seen here or resolves the future.
-            if not self._buffer:
+            # Registered first, then looked at again: a change or a close() from
+            # another thread is either seen here or resolves the future.
+            if not self._buffer and not self._closed:
                 await future
         finally:
             tracker.remove_sleeper(sleeper)
@@ -141,14 +146,14 @@ class Subscription:
     def get_nowait(self) -> Change | None:
         """The next queued change, or None if there is none right now."""
         buffer = self._buffer
-        if not buffer or buffer[0] is _END:
+        if not buffer:
             return None
+        self._taken += 1
         return _new_change(Change, buffer.popleft())
 
     def qsize(self) -> int:
         """How many changes are waiting."""
-        # Once closed, the end marker is in the buffer (exactly once) until read past.
-        return len(self._buffer) - self._closed
+        return len(self._buffer)
 
     async def __aenter__(self) -> Self:
         return self
