@@ -93,6 +93,23 @@ def test_the_toml_twin_reads_observers_tables(tmp_path: Path) -> None:
         ({"observers": "jsonl"}, r'"observers" must be a list'),
         ({"observers": [3]}, r"observer #1 must be a table with a kind"),
         ({"exporters": []}, r"unknown top-level key\(s\) 'exporters'"),
+        ({"observers": [{"kind": ["jsonl"]}]}, r"observer #1 has kind \['jsonl'\]"),
+        (
+            {"observers": [{"kind": "jsonl", "path": "x", "fsync": "no"}]},
+            r"fsync must be True or False",
+        ),
+        (
+            {"observers": [{"kind": "jsonl", "path": "x", "overflow": "bogus"}]},
+            r"overflow must be",
+        ),
+        (
+            {"observers": [{"kind": "kafka", "topic": "t", "producer_options": "acks=all"}]},
+            r"producer_options must be a mapping",
+        ),
+        (
+            {"observers": [{"kind": "s3", "bucket": "b", "endpoint_url": 5}]},
+            r"endpoint_url must be a non-empty str",
+        ),
     ],
 )
 def test_bad_entries_name_the_file_the_entry_and_the_field(
@@ -115,6 +132,16 @@ def test_files_that_do_not_parse_are_config_errors(tmp_path: Path) -> None:
     broken_toml.write_text("[[observers]\n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_observers_from_toml(broken_toml)
+
+
+def test_a_missing_or_undecodable_file_is_a_config_error(tmp_path: Path) -> None:
+    """Reading failures name the file too."""
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_observers_from_json(tmp_path / "missing.json")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_observers_from_toml(latin)
 
 
 def test_a_bare_list_is_accepted(tmp_path: Path) -> None:

@@ -184,6 +184,8 @@ async def test_attach_after_close_and_bad_sources_are_refused() -> None:
         ("max_buffer", -1),
         ("retries", True),
         ("backoff", "1"),
+        ("overflow", "error"),
+        ("overflow", "bogus"),
     ],
 )
 def test_bad_options_are_value_errors(option: str, value: Any) -> None:
@@ -221,3 +223,14 @@ async def test_the_write_path_and_a_healthy_export_log_nothing_above_debug(
                 items.append(i)
     assert sent(exporter) == list(range(200))
     assert [r.levelname for r in caplog.records if r.levelno > logging.DEBUG] == []
+
+
+async def test_the_first_wait_is_capped_by_max_backoff_too() -> None:
+    """A backoff larger than max_backoff waits max_backoff, from the first retry on."""
+    items: TrackedList[int] = TrackedList()
+    fail: dict[int, Exception] = {1: RetryableExportError("503")}
+    async with asyncio.timeout(10):  # an uncapped first wait would take 60 s
+        async with Recorder(fail, max_delay=0, backoff=60, max_backoff=0.01) as exporter:
+            exporter.attach(items)
+            items.append(1)
+    assert sent(exporter) == [1]

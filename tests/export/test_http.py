@@ -399,8 +399,8 @@ def test_bad_timeout_is_a_value_error(timeout: float) -> None:
 
 def test_exporter_options_are_passed_on() -> None:
     """The Exporter options given as keywords configure the exporter."""
-    exporter = HttpExporter("https://example.com/", max_batch=7, retries=1, overflow="error")
-    assert (exporter.max_batch, exporter.retries, exporter.overflow) == (7, 1, "error")
+    exporter = HttpExporter("https://example.com/", max_batch=7, retries=1, overflow="drop_newest")
+    assert (exporter.max_batch, exporter.retries, exporter.overflow) == (7, 1, "drop_newest")
     with pytest.raises(ValueError, match="max_batch"):
         HttpExporter("https://example.com/", max_batch=0)
 
@@ -430,7 +430,11 @@ async def test_client_passed_in_is_used_and_left_open(server: Server) -> None:
 async def test_own_client_is_closed_by_aclose(server: Server) -> None:
     """The client the exporter made is closed by aclose()."""
     exporter = HttpExporter(server.url())
+    made_before = exporter._client is not None  # made at the first send, not before
     await exporter.send([{"seq": 1}])
-    assert not exporter._client.is_closed
+    client = exporter._client
+    assert client is not None
+    assert not made_before
+    open_before = not client.is_closed
     await exporter.aclose()
-    assert exporter._client.is_closed
+    assert (open_before, client.is_closed) == (True, True)

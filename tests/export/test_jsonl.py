@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -138,3 +139,60 @@ def test_bad_file_options_are_value_errors(tmp_path: Path, option: str, value: A
     """rotate_bytes and backups say what they accept."""
     with pytest.raises(ValueError, match=f"{option} must be"):
         JsonLinesExporter(tmp_path / "c.jsonl", **{option: value})
+
+
+async def test_two_trees_share_one_file_without_tearing_it(tmp_path: Path) -> None:
+    """Batches of several trees are written one at a time: every line whole, none lost."""
+    path = tmp_path / "changes.jsonl"
+    trees: list[TrackedList[int]] = [TrackedList() for _ in range(4)]
+    async with JsonLinesExporter(path, max_delay=0.001, max_batch=7, rotate_bytes=3000) as exporter:
+        for index, tree in enumerate(trees):
+            exporter.attach(tree, source=f"t{index}")
+        for i in range(300):
+            for tree in trees:
+                tree.append(i)
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+    kept = list(tmp_path.iterdir())
+    records = [r for p in kept for r in lines(p)]  # every line parses
+    assert exporter.lost == 0
+    assert exporter.exported == 1200
+    assert len(records) <= 1200
+    by_source: dict[str, list[int]] = {}
+    for record in records:
+        by_source.setdefault(record["source"], []).append(record["seq"])
+    for seqs in by_source.values():
+        assert len(seqs) == len(set(seqs))
+
+
+async def test_a_file_removed_meanwhile_is_started_again(tmp_path: Path) -> None:
+    """After the file is deleted (or rotated away), the next batch makes a new one."""
+    path = tmp_path / "changes.jsonl"
+    items: TrackedList[int] = TrackedList()
+    async with JsonLinesExporter(path, max_delay=0) as exporter:
+        exporter.attach(items)
+        items.append(1)
+        await _drained(exporter, 1)
+        path.rename(tmp_path / "changes.jsonl.old")
+        items.append(2)
+    assert [r["new"] for r in lines(path)] == [2]
+    assert [r["new"] for r in lines(tmp_path / "changes.jsonl.old")] == [1]
+
+
+async def test_a_lone_surrogate_is_written_as_its_json_escape(tmp_path: Path) -> None:
+    """A str from a non-UTF-8 file name does not cost the batch: it is escaped."""
+    path = tmp_path / "changes.jsonl"
+    name = os.fsdecode(b"caf\xe9.txt")  # a lone surrogate, as os.listdir gives it
+    config: TrackedDict[str, Any] = TrackedDict()
+    async with JsonLinesExporter(path, max_delay=0) as exporter:
+        exporter.attach(config)
+        config["file"] = name
+        config["other"] = "ok"
+    assert [r["new"] for r in lines(path)] == [name, "ok"]
+    assert exporter.lost == 0
+
+
+def test_fsync_must_be_a_bool(tmp_path: Path) -> None:
+    """fsync="no" would mean yes: it is refused."""
+    with pytest.raises(ValueError, match="fsync must be True or False"):
+        JsonLinesExporter(tmp_path / "c.jsonl", fsync="no")  # type: ignore[arg-type]

@@ -437,3 +437,13 @@ def test_without_aiobotocore_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
     with pytest.raises(ImportError, match=re.escape("pip install 'retract[s3]'")):
         S3Exporter("audit")
+
+
+def test_a_retried_batch_keeps_its_object_key() -> None:
+    """Each try of one batch puts the same key: a put that landed is overwritten."""
+    exporter = S3Exporter("bucket", prefix="p/")
+    batch = [{"source": "cfg", "seq": 4}, {"source": "cfg", "seq": 9}]
+    first = exporter._key_for(batch)
+    assert exporter._key_for(batch) == first
+    assert first.startswith("p/cfg/000000000004-000000000009-")
+    assert S3Exporter("bucket", prefix="p/")._key_for(batch) != first  # one token each

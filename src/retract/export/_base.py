@@ -64,7 +64,8 @@ class Exporter(ABC):
     :param max_batch: at most this many changes per :meth:`send`.
     :param max_delay: seconds a batch may wait for more changes after its first one.
     :param max_buffer: changes that may wait per attached tree (0: no bound).
-    :param overflow: what a full buffer does with a new change (see ``subscribe``).
+    :param overflow: what a full buffer does with a new change: ``"drop_oldest"`` or
+        ``"drop_newest"`` (counted in :attr:`dropped`).
     :param retries: further tries of a batch after a :class:`RetryableExportError`.
     :param backoff: seconds before the first retry, doubled after each (with jitter).
     :param max_backoff: the longest wait between two tries.
@@ -87,6 +88,11 @@ class Exporter(ABC):
         _check_positive("retries", retries, integer=True, zero=True)
         _check_positive("backoff", backoff, zero=True)
         _check_positive("max_backoff", max_backoff, zero=True)
+        if overflow not in ("drop_oldest", "drop_newest"):
+            raise ValueError(
+                f'overflow must be "drop_oldest" or "drop_newest", not {overflow!r} (an '
+                "exporter keeps going when its buffer is full; it does not stop with an error)"
+            )
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_buffer = max_buffer
@@ -151,9 +157,15 @@ class Exporter(ABC):
         for subscription, _ in self._tasks:
             subscription.close()
         try:
-            await asyncio.gather(*(task for _, task in self._tasks))
+            # Every task ends before the sink closes, even if one of them failed.
+            outcomes = await asyncio.gather(
+                *(task for _, task in self._tasks), return_exceptions=True
+            )
         finally:
             await self.close_sink()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def __aenter__(self) -> Self:
         return self
@@ -196,7 +208,7 @@ class Exporter(ABC):
             batch.append(change_record(change, source))
 
     async def _ship(self, batch: list[dict[str, Any]]) -> None:
-        delay = self.backoff
+        delay = min(self.backoff, self.max_backoff)
         for attempt in range(self.retries + 1):
             try:
                 await self.send(batch)

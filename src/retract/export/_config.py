@@ -93,7 +93,7 @@ def load_observers_from_json(path: str | os.PathLike[str]) -> ObserverSet:
     """Build the observers and exporters a JSON file lists (see the module's docs)."""
     source = Path(path)
     try:
-        data = json.loads(source.read_text(encoding="utf-8"))
+        data = json.loads(_read(source))
     except json.JSONDecodeError as error:
         raise ConfigError(f"{source}: not valid JSON: {error}") from error
     return _build(data, source)
@@ -103,10 +103,19 @@ def load_observers_from_toml(path: str | os.PathLike[str]) -> ObserverSet:
     """Build the observers and exporters a TOML file lists as ``[[observers]]`` tables."""
     source = Path(path)
     try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
+        data = tomllib.loads(_read(source))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from error
     return _build(data, source)
+
+
+def _read(source: Path) -> str:
+    try:
+        return source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{source}: not UTF-8 text: {error}") from error
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot be read: {error.strerror or error}") from error
 
 
 # -- building -----------------------------------------------------------------------
@@ -133,7 +142,7 @@ def _build(data: Any, source: Path) -> ObserverSet:
             raise ConfigError(f"{where} must be a table with a kind, not {entry!r}")
         fields = dict(entry)
         kind = fields.pop("kind", None)
-        if kind not in _KINDS:
+        if not isinstance(kind, str) or kind not in _KINDS:
             raise ConfigError(
                 f"{where} has kind {kind!r}; the kinds are {', '.join(sorted(_KINDS))}"
             )

@@ -50,13 +50,16 @@ def dumps(record: dict[str, Any]) -> str:
     NaN) is written with such keys as their ``repr`` and NaN as null, not refused.
     """
     try:
-        return json.dumps(
-            record, default=json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        return _encode(record)
     except (TypeError, ValueError):
-        return json.dumps(
-            _sanitize(record), default=json_default, separators=(",", ":"), ensure_ascii=False
-        )
+        return _encode(_sanitize(record))
+
+
+# One encoder, made once: json.dumps with any non-default argument makes a new
+# JSONEncoder on every call, which costs more than encoding a small record.
+_encode = json.JSONEncoder(
+    default=json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 
 def _sanitize(value: Any) -> Any:

@@ -7,12 +7,11 @@ httpx is the ``http`` extra (``pip install 'retract[http]'``); it is imported wh
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Unpack
 
 from ._base import Exporter, ExporterOptions, ExportError, RetryableExportError, _check_positive
-from ._encode import dumps, json_default
+from ._encode import dumps
 
 if TYPE_CHECKING:
     import httpx
@@ -33,7 +32,7 @@ class HttpExporter(Exporter):
         async with HttpExporter("https://example.com/changes", max_delay=0.5) as exporter:
             exporter.attach(config, source="config")
 
-    A 2xx answer means the batch was delivered. A 5xx or 429 answer, a connection
+    A 2xx answer means the batch was delivered. A 5xx, 408 or 429 answer, a connection
     error or a timeout raises :class:`RetryableExportError` (the batch is tried again,
     up to ``retries`` more times); any other status (a 4xx, a 3xx: redirects are not
     followed by the exporter's own client) raises :class:`ExportError` and the batch is
@@ -75,18 +74,21 @@ class HttpExporter(Exporter):
         self._headers: httpx.Headers = httpx.Headers(headers)
         self._headers["Content-Type"] = "application/json"
         self._owns_client = client is None
-        self._client: httpx.AsyncClient = httpx.AsyncClient() if client is None else client
+        # Made at the first send: an exporter never used holds no connection pool.
+        self._client: httpx.AsyncClient | None = client
 
     async def send(self, batch: list[dict[str, Any]]) -> None:
         """POST ``batch`` as one JSON body and check the answer's status.
 
-        :raises RetryableExportError: a 5xx or 429 answer, or an ``httpx.TransportError``
+        :raises RetryableExportError: a 5xx, 408 or 429 answer, or an ``httpx.TransportError``
             (connection refused or reset, a timeout...), chained as the cause.
         :raises ExportError: any other status that is not 2xx (the message quotes the
             start of the answer's body).
         """
         import httpx  # noqa: PLC0415  (the optional extra; already imported by __init__)
 
+        if self._client is None:
+            self._client = httpx.AsyncClient()
         try:
             response = await self._client.post(
                 self.url,
@@ -102,14 +104,14 @@ class HttpExporter(Exporter):
         if 200 <= status < 300:
             return
         message = f"POST {self.url} answered {status} {response.reason_phrase}".rstrip()
-        if status >= 500 or status == 429:
+        if status >= 500 or status in (408, 429):
             raise RetryableExportError(message)
         excerpt = response.text[:_BODY_EXCERPT].strip()
         raise ExportError(f"{message}: {excerpt}" if excerpt else message)
 
     async def close_sink(self) -> None:
         """Close the HTTP client if the exporter made it (a client passed in stays open)."""
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.aclose()
 
 
@@ -122,17 +124,8 @@ def _check_url(url: object) -> None:
 def _encode_body(batch: list[dict[str, Any]]) -> bytes:
     """``{"changes": batch}`` as compact UTF-8 JSON.
 
-    Values JSON cannot hold (a dict keyed by tuples, a NaN) are written per record the
-    way :func:`~retract.export._encode.dumps` writes them (keys as ``repr``, NaN as null).
+    Each record is written by :func:`~retract.export._encode.dumps` (values JSON cannot
+    hold, such as tuple keys or NaN, as ``repr`` keys and null).
     """
-    try:
-        text = json.dumps(
-            {"changes": batch},
-            default=json_default,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        )
-    except (TypeError, ValueError):
-        text = '{"changes":[' + ",".join(dumps(record) for record in batch) + "]}"
-    return text.encode()
+    text = '{"changes":[' + ",".join(dumps(record) for record in batch) + "]}"
+    return text.encode("utf-8", "backslashreplace")  # a lone surrogate: its JSON escape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ _write = os.write  # a name of this module's own, so that a test can fail it
 class JsonLinesExporter(Exporter):
     """Append each batch of changes to ``path``, one JSON object per line.
 
-    The encoding and the write run in a worker thread, never on the event loop. A
-    batch is written whole or not at all: if a write fails part way (a full disk), the
-    file is cut back to where the batch started and the batch is retried, so the file
-    never holds half a batch or a torn line.
+    The encoding and the write run in a worker thread, never on the event loop, one
+    batch at a time (several attached trees share the file). A batch is written whole
+    or not at all: if a write fails part way (a full disk), the file is cut back to
+    where the batch started and the batch is retried, so the file holds no half batch
+    and no torn line (unless cutting it back fails too). If the file is removed or
+    moved away (an outside log rotation), the next batch starts a new one at ``path``.
 
     :param path: the file; created (with its missing parents refused) when needed.
     :param fsync: flush each batch to disk with ``fsync`` before counting it exported.
@@ -53,10 +56,13 @@ class JsonLinesExporter(Exporter):
             )
         if self.path.is_dir():
             raise IsADirectoryError(f"{str(self.path)!r} is a folder; give a file path")
+        if not isinstance(fsync, bool):
+            raise ValueError(f"fsync must be True or False, not {fsync!r}")
         self.fsync = fsync
         self.rotate_bytes = rotate_bytes
         self.backups = backups
         self._fd: int | None = None
+        self._lock = threading.Lock()
 
     async def send(self, batch: list[dict[str, Any]]) -> None:
         try:
@@ -65,35 +71,51 @@ class JsonLinesExporter(Exporter):
             raise RetryableExportError(f"writing to {str(self.path)!r} failed: {error}") from error
 
     async def close_sink(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            await run_sync(os.close, fd)
+        await run_sync(self._close)
 
     # -- in a worker thread ---------------------------------------------------------------
 
+    def _close(self) -> None:
+        with self._lock:
+            self._drop_fd()
+
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        data = "".join(dumps(record) + "\n" for record in batch).encode()
-        fd = self._open()
-        start = os.fstat(fd).st_size
-        if self.rotate_bytes is not None and start and start + len(data) > self.rotate_bytes:
-            self._rotate()
+        text = "".join(dumps(record) + "\n" for record in batch)
+        data = text.encode("utf-8", "backslashreplace")  # a lone surrogate: its JSON escape
+        # One batch at a time: the trees attached to this exporter send from their own
+        # tasks, so their writes may run in several worker threads at once.
+        with self._lock:
             fd = self._open()
-            start = 0
-        try:
-            view = memoryview(data)
-            while view:
-                written = _write(fd, view)
-                view = view[written:]
-            if self.fsync:
-                os.fsync(fd)
-        except OSError:
-            try:  # not half a batch: the retry writes it whole
-                os.ftruncate(fd, start)
+            start = os.fstat(fd).st_size
+            if self.rotate_bytes is not None and start and start + len(data) > self.rotate_bytes:
+                self._rotate()
+                fd = self._open()
+                start = 0
+            try:
+                view = memoryview(data)
+                while view:
+                    written = _write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
             except OSError:
-                self._drop_fd()  # reopened by the retry
-            raise
+                try:  # not half a batch: the retry writes it whole
+                    os.ftruncate(fd, start)
+                except OSError:
+                    self._drop_fd()  # reopened by the retry
+                raise
 
     def _open(self) -> int:
+        if self._fd is not None:
+            # Removed, or moved away by an outside log rotation: start a new file at
+            # the path rather than keep writing where nobody will look.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(self._fd)
+            if current is None or (current.st_ino, current.st_dev) != (held.st_ino, held.st_dev):
+                self._drop_fd()
         if self._fd is None:
             self._fd = os.open(
                 self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666

@@ -87,6 +87,14 @@ class KafkaExporter(Exporter):
         _check_servers(bootstrap_servers)
         if producer is not None and producer_options:
             raise ValueError("producer_options configure the exporter's own producer, not yours")
+        options_: object = producer_options
+        if options_ is not None and not (
+            isinstance(options_, Mapping) and all(isinstance(key, str) for key in options_)
+        ):
+            raise ValueError(
+                "producer_options must be a mapping of AIOKafkaProducer argument names to "
+                f"values, such as {{'acks': 'all'}}, not {producer_options!r}"
+            )
         _import("aiokafka.errors")
         super().__init__(**options)
         self.topic = topic
@@ -174,11 +182,11 @@ def _key(record: dict[str, Any]) -> bytes:
     """The root of the change's path (or its tree's source for the root), as UTF-8."""
     path = record.get("path")
     root = path[0] if path else record.get("source", "")
-    return str(root).encode()
+    return str(root).encode("utf-8", "backslashreplace")
 
 
 def _value(record: dict[str, Any]) -> bytes:
-    return dumps(record).encode()
+    return dumps(record).encode("utf-8", "backslashreplace")  # a lone surrogate: escaped
 
 
 def _check_topic(topic: object) -> None:

@@ -56,6 +56,8 @@ def otel_journal_metrics(metrics: MetricsCollector, meter: Meter | None = None) 
     ``retract.journal.sessions.created``, ``retract.journal.sessions.ended`` (by
     ``status``), ``retract.journal.operations.recorded``, ``.operations.undone``,
     ``.undo.failures``, ``.undo.runs`` and ``.undo.duration`` (seconds, summed).
+    Call it once per meter: OpenTelemetry keeps the first instrument made under a name,
+    so a second call on the same meter would keep reading the first ``metrics``.
     """
     for name in ("sessions_created", "operations_recorded", "sessions_ended", "total_undo_time"):
         if not hasattr(metrics, name):

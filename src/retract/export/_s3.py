@@ -56,8 +56,10 @@ class S3Exporter(Exporter):
         async with S3Exporter("audit", prefix="prod/", max_delay=5.0) as exporter:
             exporter.attach(config, source="config")
 
-    Each object is named ``{prefix}{source}/{first_seq}-{last_seq}-{random}.jsonl``
-    (the seqs zero-padded to 12 digits, so that a listing sorts in change order) and
+    Each object is named ``{prefix}{source}/{first_seq}-{last_seq}-{token}.jsonl``
+    (the seqs zero-padded to 12 digits, so that a listing sorts in change order; the
+    token drawn once per exporter, so that retrying a put that did land overwrites the
+    same object instead of storing the batch twice) and
     sent with ``Content-Type: application/x-ndjson``. Nothing is put during the tracked
     write: the exporter's task puts one object per batch.
 
@@ -108,6 +110,10 @@ class S3Exporter(Exporter):
             raise ValueError(f"bucket must be a non-empty str, not {bucket!r}")
         if not isinstance(prefix_, str):
             raise ValueError(f"prefix must be a str (may be empty), not {prefix!r}")
+        for name, value in (("endpoint_url", endpoint_url), ("region_name", region_name)):
+            given: object = value
+            if given is not None and not (isinstance(given, str) and given):
+                raise ValueError(f"{name} must be a non-empty str or None, not {value!r}")
         try:
             import aiobotocore.session  # type: ignore[import-untyped]  # noqa: F401, PLC0415
         except ImportError:
@@ -121,6 +127,8 @@ class S3Exporter(Exporter):
         self._client: AioBaseClient | None = client
         self._stack: AsyncExitStack | None = None
         self._opening = asyncio.Lock()
+        #: In every key: a retry of a batch that did land overwrites the same object.
+        self._token = uuid4().hex[:8]
 
     async def send(self, batch: list[dict[str, Any]]) -> None:
         """Put ``batch`` as one JSON Lines object.
@@ -139,7 +147,8 @@ class S3Exporter(Exporter):
         from botocore.exceptions import ConnectionError as BotoConnectionError  # noqa: PLC0415
 
         key = self._key_for(batch)
-        body = "".join(dumps(record) + "\n" for record in batch).encode()
+        lines = "".join(dumps(record) + "\n" for record in batch)
+        body = lines.encode("utf-8", "backslashreplace")  # a lone surrogate: its JSON escape
         where = f"putting {key!r} into S3 bucket {self.bucket!r}"
         try:
             client = await self._get_client()
@@ -162,11 +171,11 @@ class S3Exporter(Exporter):
             raise ExportError(f"{where} failed: {type(error).__name__}: {error}") from error
 
     def _key_for(self, batch: list[dict[str, Any]]) -> str:
-        """The object key of ``batch`` (a new random part on every call)."""
+        """The object key of ``batch``: the same for each try of it."""
         first, last = batch[0], batch[-1]
         return (
             f"{self.prefix}{first['source']}/"
-            f"{first['seq']:012d}-{last['seq']:012d}-{uuid4().hex[:8]}.jsonl"
+            f"{first['seq']:012d}-{last['seq']:012d}-{self._token}.jsonl"
         )
 
     async def close_sink(self) -> None:
