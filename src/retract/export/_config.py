@@ -91,21 +91,21 @@ class ObserverSet:
 
 def load_observers_from_json(path: str | os.PathLike[str]) -> ObserverSet:
     """Build the observers and exporters a JSON file lists (see the module's docs)."""
-    source = Path(path)
-    try:
-        data = json.loads(_read(source))
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{source}: not valid JSON: {error}") from error
-    return _build(data, source)
+    return _load(Path(path), json.loads, json.JSONDecodeError, "JSON")
 
 
 def load_observers_from_toml(path: str | os.PathLike[str]) -> ObserverSet:
     """Build the observers and exporters a TOML file lists as ``[[observers]]`` tables."""
-    source = Path(path)
+    return _load(Path(path), tomllib.loads, tomllib.TOMLDecodeError, "TOML")
+
+
+def _load(
+    source: Path, parse: Callable[[str], Any], invalid: type[ValueError], language: str
+) -> ObserverSet:
     try:
-        data = tomllib.loads(_read(source))
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: not valid TOML: {error}") from error
+        data = parse(_read(source))
+    except invalid as error:
+        raise ConfigError(f"{source}: not valid {language}: {error}") from error
     return _build(data, source)
 
 
