@@ -31,10 +31,12 @@ from ._errors import UndoFailedError as UndoFailedError
 from ._errors import UndoInProgressError as UndoInProgressError
 from ._errors import UndoSkipped as UndoSkipped
 from ._errors import UnknownOperationTypeError as UnknownOperationTypeError
+from ._reversible import reversible as reversible
 from .fs import atomic_folder as atomic_folder
 from .fs import atomic_write as atomic_write
 from .fs import atomic_write_bytes as atomic_write_bytes
 from .fs import atomic_write_text as atomic_write_text
+from .integrations import current_session as current_session
 from .journal import FailedOperation as FailedOperation
 from .journal import InMemoryStorage as InMemoryStorage
 from .journal import Journal as Journal
@@ -127,7 +129,9 @@ __all__ = (
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "current_session",
     "open_journal",
+    "reversible",
     "set_thread_limit",
     "tracking_actor",
 )
