@@ -56,6 +56,11 @@ def reversible(
             raise TypeError(f"@reversible needs an async def function, not {fn!r}")
         details = {"function": fn.__qualname__, **context}
 
+        # What callers pass: the body's parameters without the session (frameworks that
+        # read signatures, such as FastAPI, see that too).
+        signature = inspect.signature(fn)
+        outer = signature.replace(parameters=list(signature.parameters.values())[1:])
+
         @functools.wraps(fn)
         async def run(*args: P.args, **kwargs: P.kwargs) -> R:
             opened = await _journal(journal)
@@ -65,6 +70,7 @@ def reversible(
                 with session_scope(session):
                     return await fn(session, *args, **kwargs)
 
+        run.__signature__ = outer  # type: ignore[attr-defined]
         return run
 
     return decorate

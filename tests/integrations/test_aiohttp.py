@@ -388,3 +388,47 @@ async def test_concurrent_requests_get_separate_sessions(
         await assert_rolled_back(journal, bad.session_id)
     assert (good_status, bad_status) == (200, 500)
     assert sorted(path.name for path in out.iterdir()) == ["good.txt"]
+
+
+async def test_cleanup_waits_for_an_undo_still_running_at_shutdown(tmp_path: Path) -> None:
+    """The journal stays open at shutdown until a disconnected request's undo is done."""
+    from retract import OperationRegistry, open_journal  # noqa: PLC0415
+
+    registry = OperationRegistry()
+    calls: list[str] = []
+    undo_started = asyncio.Event()
+
+    @registry.handler("slow.op")
+    async def undo_slow(_op: Any) -> None:
+        calls.append("start")
+        undo_started.set()
+        await asyncio.sleep(0.5)
+        calls.append("done")
+
+    recorded = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await current_session().record_operation("slow.op", {})
+        recorded.set()
+        await asyncio.sleep(60)
+        return web.Response(text="never")
+
+    location = tmp_path / "j.db"
+    app = web.Application(middlewares=[journal_middleware()])
+    app.cleanup_ctx.append(journal_cleanup_ctx(location, registry=registry))
+    app.add_routes([web.get("/slow", slow)])
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(recorded.wait(), 5)
+    writer.close()  # the client hangs up: the handler is cancelled, its undo starts
+    await asyncio.wait_for(undo_started.wait(), 5)
+    await runner.cleanup()  # the journal closes only after the undo
+    assert calls == ["start", "done"]
+    async with open_journal(location, registry=registry) as journal:
+        await assert_rolled_back(journal)

@@ -358,3 +358,31 @@ async def test_only_earlier_tries_of_the_same_enqueued_job_are_undone(
             record = await journal.get_session(ids[label])
             assert record is not None
             assert record.status is SessionStatus.FAILED, label
+
+
+async def test_an_earlier_try_being_undone_elsewhere_is_left_to_that_undo(
+    retract_journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Try 1 UNDOING where this host cannot look: try 2 refuses, never undoes it twice."""
+    import time  # noqa: PLC0415
+
+    from retract.integrations import arq as arq_module  # noqa: PLC0415
+
+    async with retract_journal as journal:
+        opened = journal.start_session(
+            integration="arq", job_id="j-9", job_try=1, enqueue_time="t0", function="f"
+        )
+        session = await opened.__aenter__()  # left open: its worker "is" elsewhere
+        changed = await journal.storage.update_session(
+            session.session_id,
+            status=SessionStatus.UNDOING,
+            at=time.time(),
+            expect_statuses=(SessionStatus.RUNNING,),
+        )
+        assert changed
+        monkeypatch.setattr(arq_module, "session_held", lambda _record: None)  # another host
+        with pytest.raises(EarlierTryRunningError, match="is still undoing"):
+            await undo_earlier_tries(journal, "j-9", 2, "t0")
+        record = await journal.get_session(session.session_id)
+        assert record is not None
+        assert record.status is SessionStatus.UNDOING  # untouched

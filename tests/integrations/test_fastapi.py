@@ -322,3 +322,53 @@ def test_importing_retract_imports_no_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# Module level: FastAPI resolves these (string) annotations in this module's namespace.
+_TWO_SCOPES = journal_session(app_journal)
+FunctionScoped = Annotated[Session, Depends(_TWO_SCOPES, scope="function")]
+RequestScoped = Annotated[Session, Depends(_TWO_SCOPES)]
+
+
+async def _request_scoped_id(session: RequestScoped) -> str:
+    return session.session_id
+
+
+async def test_one_dependency_with_two_scopes_is_refused(retract_journal: Journal) -> None:
+    """Used with scope="function" and the default scope, it refuses a second session."""
+    app = FastAPI()
+
+    @app.get("/x")
+    async def endpoint(a: FunctionScoped, b: Annotated[str, Depends(_request_scoped_id)]) -> str:
+        return "ok"
+
+    async with retract_journal as journal:
+        app.state.journal = journal
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/x")
+        assert response.status_code == 500
+        sessions = await journal.list_sessions()
+        assert len(sessions) == 1  # the first was opened; the second never was
+        assert sessions[0].status is SessionStatus.ROLLED_BACK
+
+
+async def test_a_reversible_function_can_be_an_endpoint(retract_journal: Journal) -> None:
+    """@reversible shows the body's signature without the session, as FastAPI reads it."""
+    from retract import reversible  # noqa: PLC0415
+
+    holder: dict[str, Journal] = {}
+    app = FastAPI()
+
+    @app.get("/square/{n}")
+    @reversible(lambda: holder["journal"])
+    async def square(session: Session, n: int) -> int:
+        return n * n
+
+    async with retract_journal as journal:
+        holder["journal"] = journal
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/square/7")
+        assert response.json() == 49
+        await assert_completed(journal)

@@ -416,3 +416,29 @@ async def no_send(message: Message) -> None:
 
 async def no_app(scope: Scope, receive: Receive, send: Send) -> None:
     raise AssertionError("never called")
+
+
+async def test_a_failing_background_task_does_not_undo_an_answered_request(
+    retract_journal: Journal, tmp_path: Path
+) -> None:
+    """After the whole 201 went out, a BackgroundTask's failure leaves the request done."""
+    from starlette.background import BackgroundTask  # noqa: PLC0415
+
+    async def send_email() -> None:
+        raise ConnectionError("smtp down")
+
+    async def create(request: Request) -> Response:
+        await current_session().fs.write_text(tmp_path / "order.json", "{}")
+        return PlainTextResponse("created", status_code=201, background=BackgroundTask(send_email))
+
+    async with retract_journal as journal:
+        app = Starlette(
+            routes=[Route("/o", create, methods=["POST"])],
+            middleware=[Middleware(JournalMiddleware, journal=journal)],
+        )
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.post("/o")
+        assert (response.status_code, response.text) == (201, "created")
+        await assert_completed(journal)
+    assert (tmp_path / "order.json").exists()

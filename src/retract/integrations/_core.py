@@ -39,7 +39,8 @@ def session_scope(session: Session) -> Iterator[Session]:
     try:
         yield session
     finally:
-        _current.reset(token)
+        if _current.get() is session:  # scopes closed out of order leave the newer one
+            _current.reset(token)
 
 
 class ResponseFailed(Exception):  # noqa: N818  (a signal, not an error users see)

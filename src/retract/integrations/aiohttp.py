@@ -29,7 +29,10 @@ Requires the ``aiohttp`` extra (``pip install retract[aiohttp]``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +43,8 @@ from ..journal import Journal, Session, open_journal
 from ._core import ResponseFailed, session_scope
 
 __all__ = ("JOURNAL_KEY", "SESSION_KEY", "journal_cleanup_ctx", "journal_middleware")
+
+logger = logging.getLogger("retract")
 
 #: Where :func:`journal_cleanup_ctx` keeps the open journal: ``app[JOURNAL_KEY]``.
 JOURNAL_KEY: Final = web.AppKey("journal", Journal)
@@ -57,6 +62,7 @@ def journal_cleanup_ctx(
     location_or_factory: str | os.PathLike[str] | Callable[[], Journal],
     *,
     key: web.AppKey[Journal] = JOURNAL_KEY,
+    drain_timeout: float = 90.0,
     **open_options: Any,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that opens a journal when the application starts.
@@ -70,6 +76,9 @@ def journal_cleanup_ctx(
         or a function without arguments returning a journal that is not open yet
         (called at each startup; the cleanup context opens and closes it).
     :param key: the application key to store the journal under.
+    :param drain_timeout: at cleanup, the most seconds to wait for requests whose
+        session is still open (a handler cancelled at shutdown finishing its undo)
+        before the journal is closed.
     :raises TypeError: ``open_options`` given with a factory, or neither a location nor
         a callable given.
     """
@@ -101,6 +110,19 @@ def journal_cleanup_ctx(
         async with journal:
             app[key] = journal
             yield
+            # Handlers cancelled at shutdown may still be undoing (shielded): let them
+            # finish before the journal closes under them, for at most drain_timeout.
+            flight = _flights.get(journal)
+            if flight is not None and flight.count:
+                try:
+                    await asyncio.wait_for(flight.idle.wait(), drain_timeout)
+                except TimeoutError:
+                    logger.warning(
+                        "closing the journal with %d request session(s) still open after "
+                        "%s s; `retract recover` and `retract undo` finish them",
+                        flight.count,
+                        drain_timeout,
+                    )
 
     return retract_journal
 
@@ -139,6 +161,8 @@ def journal_middleware(
             ) from None
         answer: web.HTTPException | None = None
         failed: ResponseFailed | None = None
+        flight = _flights.setdefault(journal, _Flight())
+        flight.begin()
         try:
             async with journal.start_session(
                 undo_on_error=True,
@@ -163,8 +187,32 @@ def journal_middleware(
                 raise  # the handler's own, not our signal
             # Rolled back; the client still gets the response the handler made.
             return response
+        finally:
+            flight.end()  # after the session ended, its undo included
         if answer is not None:
             raise answer
         return response
 
     return retract_session
+
+
+class _Flight:
+    """The requests of one journal whose session has not ended yet."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def begin(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+#: Per journal: what the cleanup context waits for before it closes the journal.
+_flights: weakref.WeakKeyDictionary[Journal, _Flight] = weakref.WeakKeyDictionary()

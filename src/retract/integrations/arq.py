@@ -46,18 +46,21 @@ id reused later is a different job) and ``function``. When try N > 1 starts, bef
 job function runs, every session of an earlier try of the same job that is not settled
 (RUNNING, UNDOING, INTERRUPTED, FAILED, CANCELLED or PARTIALLY_ROLLED_BACK: a killed
 worker's, or one whose automatic undo failed) is undone, newest first. A session of an
-earlier try still RUNNING or UNDOING under a process this host cannot check (another
-host, or another container's pid space: a restarted container) is taken over as
-INTERRUPTED first: arq starts try N only once the job's in-progress key has expired, the
-job's timeout plus 10 seconds after try N - 1 began, when arq has long cancelled it. One
-held by a live process of this host (a try that ignored its cancellation) is not
-touched: the try fails with :class:`EarlierTryRunningError`. If undoing an earlier try
-fails, try N fails with that error (arq records the job as failed) rather than run over
-effects it cannot remove; ``retract undo <session id>`` finishes it. Earlier tries that
-COMPLETED are kept: arq runs a job again after a completed try only if the worker died
-between the end of the session and arq recording the result. A killed last try
-(``max_tries``) is never run again by arq, so nothing here undoes it:
-``retract recover`` and ``retract undo`` do.
+earlier try still RUNNING under a process this host cannot check (another host, or
+another container's pid space: a restarted container) is taken over as INTERRUPTED
+first: arq starts try N only once the job's in-progress key has expired, the job's
+timeout plus 10 seconds after try N - 1 began, when arq has long cancelled it. One held
+by a live process of this host (a try that ignored its cancellation), or one being
+UNDONE where this host cannot check (its automatic undo may outlast arq's 10 s margin:
+undoing it here too would run its handlers twice at once) is not touched: the try fails
+with :class:`EarlierTryRunningError`. Where undoing a try can take long, keep
+``undo_timeout`` short: arq runs a job again 10 seconds after its ``job_timeout``. If
+undoing an earlier try fails, try N fails with that error (arq records the job as
+failed) rather than run over effects it cannot remove; ``retract undo <session id>``
+finishes it. Earlier tries that COMPLETED are kept: arq runs a job again after a
+completed try only if the worker died between the end of the session and arq recording
+the result. A killed last try (``max_tries``) is never run again by arq, so nothing here
+undoes it: ``retract recover`` and ``retract undo`` do.
 """
 
 from __future__ import annotations
@@ -210,7 +213,20 @@ async def undo_earlier_tries(
             or earlier >= job_try
         ):
             continue
-        if record.status in _LIVE and record.owner is not None and session_held(record) is None:
+        if (
+            record.status is SessionStatus.UNDOING
+            and record.owner is not None
+            and session_held(record) is None
+        ):
+            # Being undone where this host cannot look: that undo may still run (an
+            # automatic undo may take undo_timeout, longer than arq's 10 s margin), and
+            # undoing it here as well would run its handlers twice at once.
+            raise EarlierTryRunningError(job_id, record)
+        if (
+            record.status is SessionStatus.RUNNING
+            and record.owner is not None
+            and session_held(record) is None
+        ):
             # Beyond this host's sight: arq's expired in-progress key vouches that the try
             # is over. A compare-and-set, so a concurrent recoverer never doubles it.
             await journal.storage.update_session(
@@ -226,6 +242,8 @@ async def undo_earlier_tries(
                 expect_owner=record.owner.token,
                 settle_intents=True,
             )
+            # Lost the compare-and-set: someone else moved it on; undo_session below
+            # works from whatever it is now (and refuses a session in other hands).
         try:
             await journal.undo_session(record.session_id)
         except SessionStateError as exc:

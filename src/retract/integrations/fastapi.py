@@ -94,6 +94,15 @@ def journal_session(
     get_journal = _journal_getter(journal_or_getter, "journal_session()")
 
     async def retract_session(request: Request) -> AsyncIterator[Session]:
+        # FastAPI caches a dependency per scope: used with scope="function" in one place
+        # and the default "request" scope in another, it would open two sessions.
+        opened: set[int] = request.scope.setdefault("retract.journal_sessions", set())
+        if id(retract_session) in opened:
+            raise RuntimeError(
+                "this journal_session dependency was used with two scopes in one request; "
+                'use it with scope="function" everywhere (one Annotated alias)'
+            )
+        opened.add(id(retract_session))
         journal = await get_journal(request)
         answer: HTTPException | RequestValidationError | None = None
         async with journal.start_session(

@@ -82,6 +82,10 @@ class JournalMiddleware:
       looks at once may still see the effects. Where that matters, raise an exception
       other than ``HTTPException`` instead: its undo precedes the 500.
 
+    A failure after a whole response with a lower status was sent (a Starlette
+    ``BackgroundTask`` that raises) does not undo the request: the client was told it
+    succeeded. The session completes, then the exception propagates as before.
+
     Any other status (2xx, 3xx, 4xx) completes the session: a 404 is an answer, not a
     failure. Lifespan and websocket scopes are passed to the application untouched.
 
@@ -108,14 +112,23 @@ class JournalMiddleware:
             return
         journal = await self._journal(Request(scope))
         status: int | None = None
+        answered = False  # a whole non-5xx response went out: the client was told "done"
 
         async def send_and_watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and status is not None
+                and status < 500
+            ):
+                answered = True
 
         failed: ResponseFailed | None = None
+        late: Exception | None = None
         try:
             async with journal.start_session(
                 undo_on_error=True,
@@ -127,14 +140,23 @@ class JournalMiddleware:
                 # (ASGI spec), so this never leaks into another request.
                 scope.setdefault("state", {})[STATE_KEY] = session
                 with session_scope(session):
-                    await self.app(scope, receive, send_and_watch)
-                if status is None or status >= 500:
+                    try:
+                        await self.app(scope, receive, send_and_watch)
+                    except Exception as exc:
+                        if not answered:
+                            raise
+                        # After the whole response went out (a failing BackgroundTask):
+                        # the client was told the request succeeded, so it stands.
+                        late = exc
+                if late is None and (status is None or status >= 500):
                     failed = ResponseFailed(500 if status is None else status)
                     raise failed
         except ResponseFailed as exc:
             if exc is not failed:
                 raise  # the application's own, not our signal
             # Rolled back; the response was already sent.
+        if late is not None:
+            raise late
 
 
 def _journal_getter(source: JournalSource, user: str) -> Callable[[Request], Awaitable[Journal]]:

@@ -27,8 +27,9 @@ the same asyncio task, passing the task's exception, if any, to ``__aexit__``: t
 does that when its receiver propagates exceptions to dependencies, which is the default
 (``Receiver(propagate_exceptions=True)``, ``InMemoryBroker``, and ``taskiq worker``
 without ``--no-propagate-errors``). The exception is thrown into the session's block at
-its ``yield``, so the session ends FAILED (CANCELLED for a cancelled task: a timeout
-label, a worker shutting down) and is undone with the journal's registry, shielded and
+its ``yield``, so the session ends FAILED (a timeout label's ``TimeoutError`` too;
+CANCELLED when the worker shuts down mid-task) and is undone with the journal's
+registry, shielded and
 bounded by ``undo_timeout``, before taskiq stores the task's error result and runs its
 middlewares' ``on_error`` (a retry middleware's re-kick finds the effects undone). The
 context manager lets the re-raised exception end quietly; taskiq's error handling of
