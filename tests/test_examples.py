@@ -93,3 +93,20 @@ def test_export_changes_reach_the_file_and_the_endpoint() -> None:
     assert "1 retried try" in out
     assert "#3 operator: add ['limits'] -> {'cpu': 2}" in out
     assert "the endpoint got seq [1, 2, 3, 4]" in out
+
+
+def test_starlette_app_rolls_back_a_returned_500() -> None:
+    """The middleware sees the 500 the endpoint returned and removes the upload."""
+    out = run("starlette_app.py")
+    assert "rejected upload: 500, files left: []" in out
+    assert "good upload: 201, files: ['notes.txt']" in out
+    assert "rolled_back (ResponseFailed: the response status was 500)" in out
+
+
+def test_taskiq_tasks_roll_back_the_failed_export() -> None:
+    """The task that fails leaves no file; the other keeps its export."""
+    out = run("taskiq_tasks.py")
+    assert "task broken: error UploadError" in out
+    assert "files: []" in out
+    assert "task sales: ok sales.csv; files: ['sales.csv']" in out
+    assert "rolled_back (UploadError: the upload of broken.csv was refused)" in out
