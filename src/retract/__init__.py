@@ -135,3 +135,12 @@ __all__ = (
     "set_thread_limit",
     "tracking_actor",
 )
+
+
+def __getattr__(name: str) -> object:
+    # PostgresStorage needs asyncpg (the ``postgres`` extra): imported on first use only.
+    if name == "PostgresStorage":
+        from .journal.storage._postgres import PostgresStorage  # noqa: PLC0415
+
+        return PostgresStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..journal.storage import is_postgres_url
+
 __all__ = (
     "DB_ENV",
     "CliError",
@@ -79,7 +81,7 @@ class Console:
 
 
 def journal_path(db: str | None, *, command: str) -> str:
-    """The journal path from ``--db`` or ``$RETRACT_DB``, checked before opening it.
+    """The journal path (or ``postgresql://`` URL) from ``--db`` or ``$RETRACT_DB``, checked.
 
     Reading commands never create a journal: a path with no file is an error, not a new
     empty journal.
@@ -99,6 +101,8 @@ def journal_path(db: str | None, *, command: str) -> str:
             f"`retract {command}` cannot use an in-memory journal (--db :memory:): it lives "
             "only inside the process that made it (only `retract demo` accepts it)"
         )
+    if is_postgres_url(path):
+        return path  # a database server: the storage says if there is no journal there
     file = Path(path)
     if not file.exists():
         if not file.parent.is_dir():

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from .._async import run_sync, shielded
-from .._errors import JournalClosedError, SessionNotFoundError
+from .._errors import JournalClosedError, JournalOpenError, SessionNotFoundError
 from ..fs._handlers import DRIFT_POLICIES, DriftPolicy, drift_policy
 from ._metrics import MetricsCollector
 from ._owner import session_held
@@ -32,6 +32,7 @@ from ._records import (
 from ._registry import OperationRegistry
 from ._session import SessionContext
 from ._undo import OnError, ProgressCallback, plan_undo, require_session, undo_session
+from .storage import is_postgres_url
 from .storage._memory import InMemoryStorage
 from .storage._protocol import Storage
 from .storage._sqlite import SQLiteStorage
@@ -139,6 +140,12 @@ class Journal:
                 unique = f"retract-images-{os.getpid()}-{uuid.uuid4().hex[:12]}"
                 self._images_dir = Path(tempfile.gettempdir(), unique)
                 self._own_images = True
+            elif "://" in self.storage.location:
+                raise JournalOpenError(
+                    f"a journal in a database server ({self.storage.location}) keeps the "
+                    "before-images of session.fs on the host that made them: give it a "
+                    "folder, open_journal(..., images_dir=...) or Journal(images_dir=...)"
+                )
             else:
                 self._images_dir = Path(self.storage.location + ".images").absolute()
         return self._images_dir
@@ -491,13 +498,20 @@ def open_journal(
 ) -> Journal:
     """Make a :class:`Journal` for a location; use it with ``async with``.
 
-    ``":memory:"`` gives an in-memory journal; anything else is an SQLite file (see
+    ``":memory:"`` gives an in-memory journal; a ``postgresql://`` URL a
+    :class:`~retract.journal.storage.PostgresStorage` (the ``postgres`` extra;
+    ``synchronous`` does not apply, ``images_dir`` is needed for ``session.fs``);
+    anything else is an SQLite file (see
     :class:`SQLiteStorage` for ``synchronous``, ``busy_timeout`` and ``create``, which
     with False refuses a path that holds no journal yet instead of creating one).
     """
     storage: Storage
     if str(location) == ":memory:":
         storage = InMemoryStorage()
+    elif is_postgres_url(location):
+        from .storage._postgres import PostgresStorage  # noqa: PLC0415  (postgres extra)
+
+        storage = PostgresStorage(str(location), create=create, busy_timeout=busy_timeout)
     else:
         storage = SQLiteStorage(
             location, synchronous=synchronous, busy_timeout=busy_timeout, create=create

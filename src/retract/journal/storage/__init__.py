@@ -7,3 +7,17 @@ from ._protocol import Storage as Storage
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = ("InMemoryStorage", "NewOperation", "OperationUpdate", "SQLiteStorage", "Storage")
+
+
+def __getattr__(name: str) -> object:
+    # PostgresStorage needs asyncpg (the ``postgres`` extra): imported on first use only.
+    if name == "PostgresStorage":
+        from ._postgres import PostgresStorage  # noqa: PLC0415
+
+        return PostgresStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_postgres_url(location: object) -> bool:
+    """Whether ``location`` names a PostgreSQL journal (``postgresql://...``)."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))

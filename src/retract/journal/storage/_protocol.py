@@ -46,7 +46,8 @@ class OperationUpdate(NamedTuple):
 class Storage(Protocol):
     """Where a journal keeps its sessions and operations.
 
-    Implementations: :class:`~retract.SQLiteStorage`, :class:`~retract.InMemoryStorage`.
+    Implementations: :class:`~retract.SQLiteStorage`, :class:`~retract.InMemoryStorage`,
+    :class:`~retract.journal.storage.PostgresStorage` (the ``postgres`` extra).
     All methods are called from one event loop. Methods other than :meth:`open` raise
     :class:`~retract.JournalClosedError` when the storage is not open.
     """

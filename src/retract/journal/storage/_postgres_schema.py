@@ -1,0 +1,300 @@
+"""The PostgreSQL journal schema and the SQL text of every PostgresStorage call.
+
+Plain strings, no driver: the only module that imports asyncpg is :mod:`._postgres`.
+All SQL is built from constants, the (checked and quoted) schema name and ``$n``
+placeholders; values are always bound as parameters.
+
+The layout follows the SQLite journal's (``_sqlite_schema``): sessions with an integer
+key and their owner (token, pid, host, start time, pid space), operations keyed by
+(session, sequence). What differs:
+
+* times of records are ``timestamptz`` (read back as aware UTC datetimes); the owner's
+  process start time stays ``double precision``, an identity compared exactly;
+* payloads and contexts are ``jsonb``;
+* ``sessions.last_sequence`` is the last sequence number given out, so an append
+  numbers its operations with one row update, gap-free across processes (the row lock
+  orders concurrent appenders; a rolled-back append gives its numbers back);
+* the schema version lives in a ``journal_meta`` table of the journal's schema.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from .._records import (
+    SETTLED_STATES,
+    TERMINAL_STATUSES,
+    OperationState,
+    Owner,
+    SessionStatus,
+)
+
+__all__ = (
+    "APPLICATION",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Statements",
+    "quote_schema",
+)
+
+#: Stored in ``journal_meta.application``: what tells a journal from other tables.
+APPLICATION = "retract"
+#: Stored in ``journal_meta.schema_version``; bumped by every schema change.
+SCHEMA_VERSION = 1
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def quote_schema(schema: str) -> str:
+    """The schema name as a quoted identifier.
+
+    :raises ValueError: not 1 to 63 letters, digits and underscores, starting with a
+        letter or underscore (no quoting tricks, no surprises in messages).
+    """
+    if _SCHEMA_NAME.fullmatch(schema) is None:
+        raise ValueError(
+            f"invalid schema name {schema!r}: use 1 to 63 letters, digits or '_', "
+            "starting with a letter or '_' (e.g. 'retract')"
+        )
+    return f'"{schema}"'
+
+
+def _create_v1(s: str) -> list[str]:
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"""CREATE TABLE {s}.sessions (
+            key           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            session_id    text NOT NULL UNIQUE,
+            created_at    timestamptz NOT NULL,
+            completed_at  timestamptz,
+            status        text NOT NULL,
+            context       jsonb NOT NULL,
+            error         text,
+            undo_count    integer NOT NULL DEFAULT 0,
+            last_sequence bigint NOT NULL DEFAULT 0,
+            owner_token   text,
+            owner_pid     bigint,
+            owner_host    text,
+            owner_started double precision,
+            owner_machine text
+        )""",
+        f"CREATE INDEX sessions_by_status ON {s}.sessions (status)",
+        f"""CREATE TABLE {s}.operations (
+            session_key bigint NOT NULL REFERENCES {s}.sessions (key) ON DELETE CASCADE,
+            sequence    bigint NOT NULL,
+            op_id       text NOT NULL,
+            op_type     text NOT NULL,
+            payload     jsonb NOT NULL,
+            state       text NOT NULL,
+            created_at  timestamptz NOT NULL,
+            updated_at  timestamptz,
+            error       text,
+            PRIMARY KEY (session_key, sequence)
+        )""",
+        f"""CREATE TABLE {s}.journal_meta (
+            application    text PRIMARY KEY CHECK (application = '{APPLICATION}'),
+            schema_version integer NOT NULL,
+            created_at     timestamptz NOT NULL DEFAULT now()
+        )""",
+        f"INSERT INTO {s}.journal_meta (application, schema_version)"  # noqa: S608
+        f" VALUES ('{APPLICATION}', 1)",
+    ]
+
+
+#: version -> the statements that bring a journal of the previous version (or an empty
+#: schema, for version 1) to it, each a function of the quoted schema name. A migration
+#: ends by setting ``journal_meta.schema_version``; each runs in the transaction that
+#: holds the schema's advisory lock.
+MIGRATIONS = {1: _create_v1}
+
+_SESSION_COLUMNS = (
+    "session_id, created_at, status, context::text, completed_at, error, undo_count,"
+    " owner_token, owner_pid, owner_host, owner_started, owner_machine"
+)
+_OPERATION_COLUMNS = "op_id, sequence, op_type, payload::text, created_at, state, error, updated_at"
+_SETTLED = "(" + ", ".join(f"'{state.value}'" for state in sorted(SETTLED_STATES)) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """Every statement of PostgresStorage, for one schema (see :meth:`for_schema`)."""
+
+    schema: str
+    # -- open
+    lock: str
+    inspect: str
+    meta: str
+    # -- writes
+    insert_session: str
+    append: str
+    update_operations: str
+    mark_undone: str
+    mark_undoing: str
+    prune: str
+    # -- reads
+    select_session: str
+    list_sessions: str
+    operations: str
+    operations_page: str
+    operations_page_pending: str
+    pending_summary: str
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Statements:
+        """The statements on the tables of ``schema`` (quoted here)."""
+        s = quote_schema(schema)
+        key = f"(SELECT key FROM {s}.sessions WHERE session_id = $1)"  # noqa: S608
+        return cls(
+            schema=s,
+            # One lock per schema, held until the transaction ends.
+            lock="SELECT pg_advisory_xact_lock(hashtextextended('retract.schema:' || $1, 0))",
+            # Whether the schema exists, whether it has journal_meta, and how many
+            # tables, views or sequences it holds (one consistent read of the catalog).
+            inspect=(
+                "SELECT n.oid IS NOT NULL,"
+                " to_regclass(quote_ident($1) || '.journal_meta') IS NOT NULL,"
+                " (SELECT count(*) FROM pg_class AS c WHERE c.relnamespace = n.oid"
+                "  AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))"
+                " FROM (SELECT 1) AS one"
+                " LEFT JOIN pg_namespace AS n ON n.nspname = $1"
+            ),
+            meta=f"SELECT application, schema_version FROM {s}.journal_meta",  # noqa: S608
+            insert_session=(
+                f"INSERT INTO {s}.sessions (session_id, created_at, status, context,"  # noqa: S608
+                " owner_token, owner_pid, owner_host, owner_started, owner_machine)"
+                " VALUES ($1, to_timestamp($2), $3, $4::jsonb, $5, $6, $7, $8, $9)"
+            ),
+            # A whole batch of appends in one statement (so one implicit transaction):
+            # $1/$2 are each session once with its number of new operations, $3..$9
+            # the rows, each with its offset (1, 2, ...) among its session's new rows
+            # in this batch. Rows of a session that does not exist match no update and
+            # are not inserted; the sessions found come back with their first number.
+            append=(
+                f"WITH totals AS ("  # noqa: S608
+                " SELECT * FROM unnest($1::text[], $2::bigint[]) AS t (session_id, n)"
+                "), bumped AS ("
+                f" UPDATE {s}.sessions AS s SET last_sequence = s.last_sequence + t.n"
+                " FROM totals AS t WHERE s.session_id = t.session_id"
+                " RETURNING s.session_id, s.key, s.last_sequence - t.n AS base"
+                "), inserted AS ("
+                f" INSERT INTO {s}.operations"
+                " (session_key, sequence, op_id, op_type, payload, state, created_at)"
+                " SELECT b.key, b.base + r.n, r.op_id, r.op_type, r.payload::jsonb, r.state,"
+                " to_timestamp(r.created_at)"
+                " FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[],"
+                " $8::text[], $9::float8[])"
+                " AS r (session_id, n, op_id, op_type, payload, state, created_at)"
+                " JOIN bumped AS b ON b.session_id = r.session_id"
+                ") SELECT session_id, base FROM bumped"
+            ),
+            # Each operation at most once per statement (the caller merges repeats).
+            update_operations=(
+                f"UPDATE {s}.operations AS o"  # noqa: S608
+                " SET state = u.state, error = u.error, updated_at = to_timestamp($6),"
+                " payload = COALESCE(u.payload::jsonb, o.payload)"
+                " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
+                " AS u (session_id, sequence, state, error, payload)"
+                f" JOIN {s}.sessions AS s ON s.session_id = u.session_id"
+                " WHERE o.session_key = s.key AND o.sequence = u.sequence"
+            ),
+            mark_undone=(
+                f"UPDATE {s}.operations SET state = '{OperationState.UNDONE.value}',"  # noqa: S608
+                " error = NULL, updated_at = to_timestamp($4)"
+                f" WHERE session_key = {key} AND sequence BETWEEN $2 AND $3"
+                f" AND state = '{OperationState.UNDOING.value}'"
+            ),
+            mark_undoing=(
+                f"UPDATE {s}.operations SET state = '{OperationState.UNDOING.value}',"  # noqa: S608
+                " updated_at = to_timestamp($4)"
+                f" WHERE session_key = {key} AND sequence BETWEEN $2 AND $3"
+                f" AND state NOT IN {_SETTLED}"
+            ),
+            prune=(
+                f"DELETE FROM {s}.sessions WHERE status = ANY($1::text[])"  # noqa: S608
+                " AND COALESCE(completed_at, created_at) < to_timestamp($2)"
+                " RETURNING session_id"
+            ),
+            select_session=(
+                f"SELECT {_SESSION_COLUMNS} FROM {s}.sessions WHERE session_id = $1"  # noqa: S608
+            ),
+            # NULL filters are off; starts_with() takes the prefix literally.
+            list_sessions=(
+                f"SELECT {_SESSION_COLUMNS} FROM {s}.sessions"  # noqa: S608
+                " WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))"
+                " AND ($2::text IS NULL OR starts_with(session_id, $2::text))"
+                " ORDER BY key DESC LIMIT $3"
+            ),
+            operations=(
+                f"SELECT {_OPERATION_COLUMNS} FROM {s}.operations"  # noqa: S608
+                f" WHERE session_key = {key} ORDER BY sequence"
+            ),
+            operations_page=(
+                f"SELECT {_OPERATION_COLUMNS} FROM {s}.operations"  # noqa: S608
+                f" WHERE session_key = {key} AND sequence < $2"
+                " ORDER BY sequence DESC LIMIT $3"
+            ),
+            operations_page_pending=(
+                f"SELECT {_OPERATION_COLUMNS} FROM {s}.operations"  # noqa: S608
+                f" WHERE session_key = {key} AND sequence < $2 AND state NOT IN {_SETTLED}"
+                " ORDER BY sequence DESC LIMIT $3"
+            ),
+            pending_summary=(
+                f"SELECT op_type, count(*) FROM {s}.operations"  # noqa: S608
+                f" WHERE session_key = {key} AND state NOT IN {_SETTLED} GROUP BY op_type"
+            ),
+        )
+
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        status: SessionStatus,
+        at: float,
+        error: str | None,
+        owner: Owner | None,
+        expect_statuses: Collection[SessionStatus] | None,
+        expect_owner: str | None,
+        count_undo: bool,
+        settle_intents: bool,
+    ) -> tuple[str, list[Any]]:
+        """The compare-and-set of a session: one statement, returning 1 if it changed."""
+        s = self.schema
+        params: list[Any] = [session_id, status.value, at]
+        sets = ["status = $2"]
+        if status in TERMINAL_STATUSES:
+            sets.append("completed_at = to_timestamp($3)")
+        if error is not None:
+            params.append(error)
+            sets.append(f"error = ${len(params)}")
+        if owner is not None:
+            first = len(params) + 1
+            params += [owner.token, owner.pid, owner.host, owner.started_at, owner.machine]
+            sets.append(
+                f"owner_token = ${first}, owner_pid = ${first + 1}, owner_host = ${first + 2},"
+                f" owner_started = ${first + 3}, owner_machine = ${first + 4}"
+            )
+        if count_undo:
+            sets.append("undo_count = undo_count + 1")
+        where = ["session_id = $1"]
+        if expect_statuses is not None:
+            params.append([wanted.value for wanted in expect_statuses])
+            where.append(f"status = ANY(${len(params)}::text[])")
+        if expect_owner is not None:
+            params.append(expect_owner)
+            where.append(f"owner_token = ${len(params)}")
+        sql = (
+            f"WITH changed AS (UPDATE {s}.sessions SET {', '.join(sets)}"  # noqa: S608
+            f" WHERE {' AND '.join(where)} RETURNING key)"
+        )
+        if settle_intents:
+            sql += (
+                f", settled AS (UPDATE {s}.operations"  # noqa: S608
+                f" SET state = '{OperationState.IN_DOUBT.value}', updated_at = to_timestamp($3)"
+                " WHERE session_key IN (SELECT key FROM changed)"
+                f" AND state = '{OperationState.INTENT.value}')"
+            )
+        # $3 appears even when no time is stored, so that it has a type
+        return f"{sql} SELECT count(*) FROM changed WHERE $3::float8 IS NOT NULL", params  # noqa: S608
