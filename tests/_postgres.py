@@ -19,207 +19,28 @@ server is used instead and nothing is started.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
-import re
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-__all__ = (
-    "PASSWORD_ROLE",
-    "Cluster",
-    "database_url",
-    "find_binaries",
-    "postgres_dsn",
-    "postgres_url",
-    "start_cluster",
-)
+from tests._pg_cluster import FAST, find_binaries, start_cluster
+
+__all__ = ("PASSWORD_ROLE", "database_url", "postgres_dsn", "postgres_url")
 
 #: A role that must give a password (scram-sha-256) to connect over TCP.
 PASSWORD_ROLE = "retract_pw"  # noqa: S105  (a role name)
 _ENV_DSN = "RETRACT_TEST_POSTGRES_DSN"
 _ENV_BIN = "RETRACT_TEST_POSTGRES_BIN"
-_PROGRAMS = ("initdb", "postgres", "pg_ctl")
-_START_TIMEOUT = 30.0
-_SETTINGS = {
-    "listen_addresses": "127.0.0.1",
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
-    "max_connections": "200",
-    "log_min_messages": "warning",
-}
-
-
-def find_binaries() -> Path | None:
-    """The directory of ``initdb``, ``postgres`` and ``pg_ctl``, newest version first."""
-    candidates: list[Path] = []
-    if os.environ.get(_ENV_BIN):
-        candidates.append(Path(os.environ[_ENV_BIN]))
-    if (initdb := shutil.which("initdb")) is not None:
-        candidates.append(Path(initdb).resolve().parent)
-
-    def version(path: Path) -> tuple[int, ...]:
-        return tuple(int(part) for part in re.findall(r"\d+", path.parent.name))
-
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
-    for directory in candidates:
-        if all(os.access(directory / name, os.X_OK) for name in _PROGRAMS):
-            return directory
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def database_url(dsn: str, database: str) -> str:
     """``dsn`` naming another database."""
     parts = urllib.parse.urlsplit(dsn)
     return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(database)))
-
-
-@dataclass
-class Cluster:
-    """A running throwaway cluster; :meth:`stop` ends it and removes its files."""
-
-    root: Path
-    bin_dir: Path
-    port: int
-    process: subprocess.Popen[bytes]
-    run_as: dict[str, Any] = field(default_factory=dict)
-    stopped: bool = False
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def dsn(self) -> str:
-        """The superuser's URL on the maintenance database."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def stop(self) -> None:
-        """Stop the server at once (no checkpoint), reap it, delete the directory."""
-        if self.stopped:
-            return
-        self.stopped = True
-        try:
-            if self.process.poll() is None:
-                subprocess.run(
-                    [self.bin_dir / "pg_ctl", "stop", "-D", self.data, "-m", "immediate", "-w"],
-                    cwd=self.root,
-                    capture_output=True,
-                    timeout=30,
-                    check=False,
-                    **self.run_as,
-                )
-                try:
-                    self.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout=10)
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _run_as() -> dict[str, Any]:
-    """Popen arguments to run the server as ``postgres`` when we are root."""
-    if os.geteuid() != 0:
-        return {}
-    import pwd  # noqa: PLC0415  (POSIX only, and only needed as root)
-
-    try:
-        user = pwd.getpwnam("postgres")
-    except KeyError:
-        raise RuntimeError(
-            "the tests run as root, which may not run initdb, and there is no 'postgres' "
-            "user to run the server as: create one, or run the tests as another user"
-        ) from None
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-
-
-def start_cluster(bin_dir: Path) -> Cluster:
-    """Create and start a cluster in a fresh temporary directory; wait until it is ready."""
-    run_as = _run_as()
-    root = Path(tempfile.mkdtemp(prefix="retract-pg-"))
-    try:
-        if run_as:
-            os.chown(root, run_as["user"], run_as["group"])
-        data = root / "data"
-        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
-        subprocess.run(
-            [*initdb, "--no-sync", "-E", "UTF8", "--locale=C"],
-            cwd=root,
-            capture_output=True,
-            check=True,
-            timeout=120,
-            **run_as,
-        )
-        hba = data / "pg_hba.conf"
-        # first match wins: the password role must authenticate, everyone else is trusted
-        rules = f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
-        hba.write_text(rules + hba.read_text())
-        for _ in range(5):  # another program may take the free port before the server does
-            cluster = _start_server(root, bin_dir, _free_port(), run_as)
-            if cluster is not None:
-                return cluster
-        raise RuntimeError(f"PostgreSQL did not start: see {root / 'server.log'}")
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
-
-
-def _start_server(root: Path, bin_dir: Path, port: int, run_as: dict[str, Any]) -> Cluster | None:
-    """Start the server on ``port``; None if the port was taken meanwhile."""
-    settings = {**_SETTINGS, "port": str(port), "unix_socket_directories": str(root)}
-    options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
-    log = root / "server.log"
-    with log.open("ab") as sink:
-        if run_as:
-            os.chown(log, run_as["user"], run_as["group"])
-        process = subprocess.Popen(
-            [bin_dir / "postgres", "-D", root / "data", *options],
-            cwd=root,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C of the tests is not sent to the server
-            **run_as,
-        )
-    cluster = Cluster(root, bin_dir, port, process, run_as)
-    atexit.register(cluster.stop)  # if the session ends without its finalizers
-    pid_file = root / "data" / "postmaster.pid"
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            cluster.stopped = True
-            text = log.read_text(errors="replace")
-            if "could not bind" in text or "already in use" in text:
-                return None
-            raise RuntimeError(f"PostgreSQL exited at start:\n{text}")
-        with contextlib.suppress(OSError):
-            lines = pid_file.read_text().splitlines()
-            if len(lines) >= 8 and lines[7].strip() == "ready":  # what pg_ctl -w waits for
-                return cluster
-        time.sleep(0.02)
-    cluster.stop()
-    raise RuntimeError(f"PostgreSQL was not ready after {_START_TIMEOUT:g}s")
 
 
 @pytest.fixture(scope="session")
@@ -229,7 +50,7 @@ def postgres_dsn() -> Iterator[str]:
     if external:
         yield external
         return
-    bin_dir = find_binaries()
+    bin_dir = find_binaries(_ENV_BIN)
     if bin_dir is None:
         reason = (
             "PostgreSQL server binaries (initdb, postgres, pg_ctl) not found on PATH or in "
@@ -237,7 +58,9 @@ def postgres_dsn() -> Iterator[str]:
         )
         print(reason)
         pytest.skip(reason)
-    cluster = start_cluster(bin_dir)
+    # first match wins: the password role must authenticate, everyone else is trusted
+    rule = f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
+    cluster = start_cluster(bin_dir, settings=FAST, hba_first=rule)
     _spare[cluster.dsn] = []
     try:
         yield cluster.dsn

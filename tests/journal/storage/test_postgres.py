@@ -375,3 +375,28 @@ def test_the_cli_reads_a_postgresql_journal(postgres_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert session_id in result.stdout
+
+
+async def test_an_error_quoting_a_nul_still_ends_its_session(postgres_url: str) -> None:
+    """A failure whose message holds NUL is stored (escaped); the session does not hang."""
+    from retract import SessionStatus, open_journal  # noqa: PLC0415
+
+    async with open_journal(postgres_url) as journal:
+        with pytest.raises(ValueError, match="bad"):
+            async with journal.start_session():
+                raise ValueError("bad name 'a\x00b'")
+        (record,) = await journal.list_sessions()
+        assert record.status is SessionStatus.FAILED
+        assert record.error == "ValueError: bad name 'a\\x00b'"
+
+
+async def test_bad_connection_options_are_open_errors_and_hide_ssl_passwords(
+    postgres_url: str,
+) -> None:
+    """A bogus URL option is a JournalOpenError; sslpassword never shows in location."""
+    from retract import JournalOpenError  # noqa: PLC0415
+
+    with pytest.raises(JournalOpenError):
+        await PostgresStorage(postgres_url + "?sslmode=bogus").open()
+    storage = PostgresStorage(postgres_url + "?sslpassword=secret-phrase")
+    assert "secret-phrase" not in storage.location

@@ -1,10 +1,15 @@
 """Storage backends of the journal, side by side behind one protocol."""
 
+from typing import TYPE_CHECKING
+
 from ._memory import InMemoryStorage as InMemoryStorage
 from ._protocol import NewOperation as NewOperation
 from ._protocol import OperationUpdate as OperationUpdate
 from ._protocol import Storage as Storage
 from ._sqlite import SQLiteStorage as SQLiteStorage
+
+if TYPE_CHECKING:  # at run time: on first use, through __getattr__ below
+    from ._postgres import PostgresStorage as PostgresStorage
 
 __all__ = ("InMemoryStorage", "NewOperation", "OperationUpdate", "SQLiteStorage", "Storage")
 

@@ -60,7 +60,7 @@ from .._records import (
     SessionRecord,
     SessionStatus,
 )
-from ._postgres_schema import APPLICATION, MIGRATIONS, SCHEMA_VERSION, Statements
+from ._postgres_schema import APPLICATION, MIGRATIONS, SCHEMA_VERSION, Statements, no_nul
 from ._protocol import NewOperation, OperationUpdate
 
 __all__ = ("PostgresStorage",)
@@ -294,7 +294,7 @@ def _public_dsn(dsn: str) -> str:
     """``dsn`` without its password (in the user part or as a parameter)."""
     parts = urllib.parse.urlsplit(dsn)
     if parts.scheme not in ("postgres", "postgresql"):
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+        return re.sub(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
@@ -303,7 +303,8 @@ def _public_dsn(dsn: str) -> str:
     kept = [
         item
         for item in parts.query.split("&")
-        if item and urllib.parse.unquote(item.partition("=")[0]).lower() != "password"
+        if item
+        and urllib.parse.unquote(item.partition("=")[0]).lower() not in ("password", "sslpassword")
     ]
     public = f"{parts.scheme}://{netloc}{parts.path}"
     if kept:
@@ -443,13 +444,17 @@ class PostgresStorage:
                     self._location = await self._describe(conn)
                 await self._prepare_schema(conn)
         except BaseException as exc:
+            # Translated while still "opening": a bad connection option is an open error.
+            error = (
+                self.translate(exc, "opening the journal") if isinstance(exc, Exception) else exc
+            )
             self._state = "closed"
             if self._dsn is not None and self._pool is not None:
                 self._pool.terminate()
                 self._pool = None
-            if isinstance(exc, Exception):
-                raise self.translate(exc, "opening the journal") from exc
-            raise
+            if error is exc:
+                raise
+            raise error from exc
         if self._state != "opening":  # aclose() was called meanwhile
             await self._finish()
             raise JournalClosedError(f"the journal at {self.location} was closed while opening")
@@ -696,7 +701,7 @@ class PostgresStorage:
             payload = update.payload_json
             if payload is None and earlier is not None:
                 payload = earlier[4]
-            merged[key] = [*key, update.state.value, update.error, payload]
+            merged[key] = [*key, update.state.value, no_nul(update.error), payload]
         if not merged:
             return None
         columns = [list(column) for column in zip(*merged.values(), strict=True)]

@@ -267,7 +267,7 @@ class Statements:
         if status in TERMINAL_STATUSES:
             sets.append("completed_at = to_timestamp($3)")
         if error is not None:
-            params.append(error)
+            params.append(no_nul(error))
             sets.append(f"error = ${len(params)}")
         if owner is not None:
             first = len(params) + 1
@@ -298,3 +298,12 @@ class Statements:
             )
         # $3 appears even when no time is stored, so that it has a type
         return f"{sql} SELECT count(*) FROM changed WHERE $3::float8 IS NOT NULL", params  # noqa: S608
+
+
+def no_nul(text: str | None) -> str | None:
+    r"""``text`` as PostgreSQL's ``text`` can hold it: a NUL character written as ``\x00``.
+
+    Error messages are stored as given; one quoting a NUL (from a file name, say) would
+    otherwise be refused, and leave its session unfinished.
+    """
+    return text if text is None or "\x00" not in text else text.replace("\x00", "\\x00")
