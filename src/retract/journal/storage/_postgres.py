@@ -19,8 +19,9 @@ Design, in short:
   transaction-scoped advisory lock, so processes opening a new database at once agree.
 
 Times of records are ``timestamptz`` (bound as POSIX seconds through ``to_timestamp``,
-read back as aware UTC datetimes); payloads and contexts are ``jsonb``. ``jsonb`` cannot
-hold the NUL character (U+0000): such a payload is refused with
+read back as aware UTC datetimes); payloads and contexts are ``json``, kept as written
+(``jsonb`` would turn ``1e23`` into an int and reorder keys). Should a payload still be
+refused as text PostgreSQL cannot hold (the NUL character, U+0000), that is
 :class:`~retract.InvalidRecordError`. ``_postgres_schema`` holds the DDL and all SQL.
 """
 
@@ -570,8 +571,8 @@ class PostgresStorage:
                 )
             elif code == "22P05":
                 error = InvalidRecordError(
-                    f"{where} cannot store this record: PostgreSQL's jsonb cannot hold the "
-                    f"NUL character (\\u0000) in a payload or context ({exc})"
+                    f"{where} cannot store this record: PostgreSQL cannot hold the NUL "
+                    f"character (\\u0000) in it ({exc})"
                 )
             elif code == "23505" and "sessions" in str(getattr(exc, "table_name", "")):
                 error = StorageError(f"{where}: {action} failed: the session already exists")

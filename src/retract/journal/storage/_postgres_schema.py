@@ -10,7 +10,8 @@ key and their owner (token, pid, host, start time, pid space), operations keyed 
 
 * times of records are ``timestamptz`` (read back as aware UTC datetimes); the owner's
   process start time stays ``double precision``, an identity compared exactly;
-* payloads and contexts are ``jsonb``;
+* payloads and contexts are ``json`` (stored as written: numbers, key order and NUL
+  escapes come back exactly, which ``jsonb`` would not give);
 * ``sessions.last_sequence`` is the last sequence number given out, so an append
   numbers its operations with one row update, gap-free across processes (the row lock
   orders concurrent appenders; a rolled-back append gives its numbers back);
@@ -71,7 +72,7 @@ def _create_v1(s: str) -> list[str]:
             created_at    timestamptz NOT NULL,
             completed_at  timestamptz,
             status        text NOT NULL,
-            context       jsonb NOT NULL,
+            context       json NOT NULL,
             error         text,
             undo_count    integer NOT NULL DEFAULT 0,
             last_sequence bigint NOT NULL DEFAULT 0,
@@ -87,7 +88,7 @@ def _create_v1(s: str) -> list[str]:
             sequence    bigint NOT NULL,
             op_id       text NOT NULL,
             op_type     text NOT NULL,
-            payload     jsonb NOT NULL,
+            payload     json NOT NULL,
             state       text NOT NULL,
             created_at  timestamptz NOT NULL,
             updated_at  timestamptz,
@@ -165,7 +166,7 @@ class Statements:
             insert_session=(
                 f"INSERT INTO {s}.sessions (session_id, created_at, status, context,"  # noqa: S608
                 " owner_token, owner_pid, owner_host, owner_started, owner_machine)"
-                " VALUES ($1, to_timestamp($2), $3, $4::jsonb, $5, $6, $7, $8, $9)"
+                " VALUES ($1, to_timestamp($2), $3, $4::json, $5, $6, $7, $8, $9)"
             ),
             # A whole batch of appends in one statement (so one implicit transaction):
             # $1/$2 are each session once with its number of new operations, $3..$9
@@ -182,7 +183,7 @@ class Statements:
                 "), inserted AS ("
                 f" INSERT INTO {s}.operations"
                 " (session_key, sequence, op_id, op_type, payload, state, created_at)"
-                " SELECT b.key, b.base + r.n, r.op_id, r.op_type, r.payload::jsonb, r.state,"
+                " SELECT b.key, b.base + r.n, r.op_id, r.op_type, r.payload::json, r.state,"
                 " to_timestamp(r.created_at)"
                 " FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[],"
                 " $8::text[], $9::float8[])"
@@ -194,7 +195,7 @@ class Statements:
             update_operations=(
                 f"UPDATE {s}.operations AS o"  # noqa: S608
                 " SET state = u.state, error = u.error, updated_at = to_timestamp($6),"
-                " payload = COALESCE(u.payload::jsonb, o.payload)"
+                " payload = COALESCE(u.payload::json, o.payload)"
                 " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
                 " AS u (session_id, sequence, state, error, payload)"
                 f" JOIN {s}.sessions AS s ON s.session_id = u.session_id"
