@@ -276,6 +276,39 @@ async def test_lock_held_too_long_is_busy(postgres_url: str, admin: Any) -> None
         await storage.aclose()
 
 
+async def test_a_batch_refused_by_a_lock_fails_once_not_request_by_request(
+    postgres_url: str, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock past busy_timeout fails the whole batch in one try: no retry per request."""
+    storage = PostgresStorage(postgres_url, busy_timeout=0.2)
+    await storage.open()
+    tries: list[int] = []
+    attempt = _GroupCommit._attempt
+
+    async def counting(self: _GroupCommit, conn: Any, batch: list[Any]) -> Any:
+        tries.append(len(batch))
+        return await attempt(self, conn, batch)
+
+    try:
+        locked = await new_session(storage)
+        other = await new_session(storage)
+        monkeypatch.setattr(_GroupCommit, "_attempt", counting)
+        async with admin.transaction():
+            await admin.execute(
+                "SELECT 1 FROM retract.sessions WHERE session_id = $1 FOR UPDATE", locked
+            )
+            results = await asyncio.gather(
+                *(storage.append_operations(locked, [op()]) for _ in range(6)),
+                storage.append_operations(other, [op()]),
+                return_exceptions=True,
+            )
+        assert all(isinstance(result, JournalBusyError) for result in results[:6])
+        assert len(tries) <= 3  # a first lone append, then the rest as one batch (or so)
+        assert await storage.append_operations(other, [op()]) in ([1], [2])
+    finally:
+        await storage.aclose()
+
+
 async def test_concurrent_sessions_all_land_in_few_commits(
     storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

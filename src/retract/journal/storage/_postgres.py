@@ -69,6 +69,14 @@ __all__ = ("PostgresStorage",)
 #: Attempts of a transaction that PostgreSQL rolled back to break a deadlock or a
 #: serialization conflict (SQLSTATE class 40); they succeed when tried again.
 _ATTEMPTS = 3
+#: Errors that refuse a batch as a whole (not one request of it): not retried one by one.
+_WHOLE_BATCH_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.LockNotAvailableError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 #: Larger than any sequence number: ``before=None`` of a page.
 _NO_LIMIT = 2**62
 #: How long aclose() lets reads in flight finish before it cuts the connections.
@@ -196,8 +204,10 @@ class _GroupCommit:
         try:
             return await self._attempt(conn, batch)
         except Exception as exc:
-            if len(batch) == 1:
-                return [(False, exc)]
+            if len(batch) == 1 or isinstance(exc, _WHOLE_BATCH_ERRORS):
+                # A lock held past busy_timeout, a lost connection: the batch as a whole
+                # was refused, and each request alone would only wait for it again.
+                return [(False, exc)] * len(batch)
         outcomes: list[Outcome] = []
         for request in batch:
             try:
