@@ -430,3 +430,60 @@ async def test_bad_connection_options_are_open_errors_and_hide_ssl_passwords(
         await PostgresStorage(postgres_url + "?sslmode=bogus").open()
     storage = PostgresStorage(postgres_url + "?sslpassword=secret-phrase")
     assert "secret-phrase" not in storage.location
+
+
+_UNDOER = """
+import asyncio, sys
+from pathlib import Path
+from retract import OperationRegistry, open_journal
+
+url, session_id, log = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+registry = OperationRegistry()
+
+@registry.handler("slow.op")
+async def undo(op):
+    with log.open("a") as f:
+        f.write(f"{op.sequence}\\n")
+    await asyncio.sleep(0.5)
+
+async def main():
+    async with open_journal(url, registry=registry) as journal:
+        await journal.undo_session(session_id)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_second_undo_from_another_process_is_refused(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """While one process undoes a session, another's undo is refused; each op undone once."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from retract import OperationRegistry, UndoInProgressError, open_journal  # noqa: PLC0415
+
+    registry = OperationRegistry()
+    registry.handler("slow.op")(lambda op: None)
+    log = tmp_path / "undone.log"
+    async with open_journal(postgres_url, registry=registry) as journal:
+        async with journal.start_session() as session:
+            for _ in range(3):
+                await session.record_operation("slow.op", {})
+        script = tmp_path / "undoer.py"
+        script.write_text(_UNDOER)
+        undoer = subprocess.Popen(  # noqa: ASYNC220  (waited for below, off the loop)
+            [sys.executable, str(script), postgres_url, session.session_id, str(log)]
+        )
+        try:
+            async with asyncio.timeout(60):
+                while not log.exists():  # noqa: ASYNC110  (another process writes it)
+                    await asyncio.sleep(0.02)
+            with pytest.raises(UndoInProgressError, match="is being undone by process"):
+                await journal.undo_session(session.session_id)
+        finally:
+            assert await asyncio.to_thread(undoer.wait, 60) == 0
+        record = await journal.get_session(session.session_id)
+        assert record is not None
+        assert record.status is SessionStatus.ROLLED_BACK
+    assert sorted(log.read_text().split()) == ["1", "2", "3"]  # each once, by one process
