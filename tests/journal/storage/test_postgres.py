@@ -146,6 +146,8 @@ async def test_journals_in_two_schemas_are_separate(postgres_url: str) -> None:
     """Each schema holds its own journal; schema names are checked."""
     with pytest.raises(ValueError, match="invalid schema name"):
         PostgresStorage(postgres_url, schema='x"; DROP TABLE y; --')
+    with pytest.raises(ValueError, match="keeps names starting with 'pg_'"):
+        PostgresStorage(postgres_url, schema="pg_journal")
     one, two = PostgresStorage(postgres_url), PostgresStorage(postgres_url, schema="other")
     await one.open()
     await two.open()

@@ -53,8 +53,14 @@ def quote_schema(schema: str) -> str:
     """The schema name as a quoted identifier.
 
     :raises ValueError: not 1 to 63 letters, digits and underscores, starting with a
-        letter or underscore (no quoting tricks, no surprises in messages).
+        letter or underscore (no quoting tricks, no surprises in messages), or starting
+        with ``pg_``, which PostgreSQL keeps for its own schemas.
     """
+    if schema.lower().startswith("pg_"):
+        raise ValueError(
+            f"invalid schema name {schema!r}: PostgreSQL keeps names starting with 'pg_' "
+            "for its own schemas; choose another (e.g. 'retract')"
+        )
     if _SCHEMA_NAME.fullmatch(schema) is None:
         raise ValueError(
             f"invalid schema name {schema!r}: use 1 to 63 letters, digits or '_', "
