@@ -18,13 +18,14 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import free_port
 
 __all__ = ("DURABLE", "FAST", "Cluster", "find_binaries", "start_cluster")
 
@@ -63,12 +64,6 @@ def find_binaries(env: str = "RETRACT_BENCH_POSTGRES_BIN") -> Path | None:
         if all(os.access(directory / name, os.X_OK) for name in _PROGRAMS):
             return directory
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _children(pid: int) -> set[int]:
@@ -203,7 +198,7 @@ def start_cluster(
             hba = root / "data" / "pg_hba.conf"
             hba.write_text(hba_first + hba.read_text())
         for _ in range(5):  # another program may take the free port before the server does
-            cluster = _start_server(root, bin_dir, _free_port(), run_as, settings)
+            cluster = _start_server(root, bin_dir, free_port(), run_as, settings)
             if cluster is not None:
                 return cluster
         raise RuntimeError(f"PostgreSQL did not start: see {root / 'server.log'}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import threading
 from collections.abc import Callable
 
@@ -27,3 +29,22 @@ async def wait_for_sqlite_threads(count: int) -> None:
             return
         await asyncio.sleep(0.01)
     assert len(sqlite_threads()) <= count, sqlite_threads()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound and released just now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a test server (kill it if it lingers) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

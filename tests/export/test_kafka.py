@@ -18,7 +18,8 @@ import pytest
 from retract import TrackedDict
 from retract.export._base import ExportError, RetryableExportError
 from retract.export._kafka import KafkaExporter
-from tests.export._broker import NO_BROKER, Broker, free_port, start_broker, tansu_binary
+from tests.export._broker import NO_BROKER, Broker, start_broker, tansu_binary
+from tests.helpers import free_port
 
 errors = aiokafka.errors
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port, stop_process
+
 #: Why the Redis tests skip when there is no server binary.
 NO_REDIS = "redis-server is not installed: apt-get install redis-server"
 
@@ -45,13 +47,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Terminate the server (kill it if it lingers) and reap it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def redis_binary() -> str | None:
@@ -60,14 +56,6 @@ def redis_binary() -> str | None:
     if found is None and Path("/usr/bin/redis-server").is_file():
         found = "/usr/bin/redis-server"
     return found
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released just now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def start_redis(binary: str, folder: Path, *, attempts: int = 5) -> RedisServer:

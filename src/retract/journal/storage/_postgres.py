@@ -53,9 +53,7 @@ from ..._errors import (
     SessionNotFoundError,
     StorageError,
 )
-from .._encoding import decode
 from .._records import (
-    STATE_BY_VALUE,
     OperationRecord,
     Owner,
     SessionRecord,
@@ -63,6 +61,7 @@ from .._records import (
 )
 from ._postgres_schema import APPLICATION, MIGRATIONS, SCHEMA_VERSION, Statements, no_nul
 from ._protocol import NewOperation, OperationUpdate
+from ._rows import operation_record, session_record
 
 __all__ = ("PostgresStorage",)
 
@@ -325,34 +324,16 @@ def _public_dsn(dsn: str) -> str:
     return public
 
 
+def _as_is(value: Any) -> Any:
+    return value  # asyncpg gives timestamptz as aware UTC datetimes already
+
+
 def _session_record(row: Sequence[Any]) -> SessionRecord:
-    (sid, created, status, context, completed, error, undo_count, *owner) = row
-    token, pid, host, started, machine = owner
-    return SessionRecord(
-        session_id=sid,
-        created_at=created,
-        status=SessionStatus(status),
-        context=decode(context),
-        completed_at=completed,
-        error=error,
-        undo_count=undo_count,
-        owner=None if token is None else Owner(token, pid, host, started, machine),
-    )
+    return session_record(row, _as_is)
 
 
 def _operation_record(session_id: str, row: Sequence[Any]) -> OperationRecord:
-    op_id, sequence, op_type, payload, created, state, error, updated = row
-    return OperationRecord(
-        op_id,
-        session_id,
-        sequence,
-        op_type,
-        decode(payload),
-        created,
-        STATE_BY_VALUE[state],
-        error,
-        updated,
-    )
+    return operation_record(session_id, row, _as_is)
 
 
 class PostgresStorage:

@@ -8,13 +8,10 @@ is built from constants and placeholders only.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from .._encoding import decode
 from .._records import (
     SETTLED_STATES,
-    STATE_BY_VALUE,
     TERMINAL_STATUSES,
     OperationRecord,
     OperationState,
@@ -23,6 +20,7 @@ from .._records import (
     SessionStatus,
     from_timestamp,
 )
+from . import _rows as rows
 from ._protocol import OperationUpdate
 from ._sqlite_writer import Txn, WriteFn
 
@@ -290,31 +288,9 @@ def pending_summary(session_id: str) -> Query:
 
 def session_record(row: Sequence[Any]) -> SessionRecord:
     """A sessions row (in ``_SESSION_COLUMNS`` order) as a record."""
-    (sid, created, status, context, completed, error, undo_count, *owner) = row
-    token, pid, host, started, machine = owner
-    return SessionRecord(
-        session_id=sid,
-        created_at=datetime.fromtimestamp(created, UTC),
-        status=SessionStatus(status),
-        context=decode(context),
-        completed_at=from_timestamp(completed),
-        error=error,
-        undo_count=undo_count,
-        owner=None if token is None else Owner(token, pid, host, started, machine),
-    )
+    return rows.session_record(row, from_timestamp)
 
 
 def operation_record(session_id: str, row: Sequence[Any]) -> OperationRecord:
     """An operations row (in ``_OPERATION_COLUMNS`` order) as a record."""
-    op_id, sequence, op_type, payload, created, state, error, updated = row
-    return OperationRecord(
-        op_id,
-        session_id,
-        sequence,
-        op_type,
-        decode(payload),
-        datetime.fromtimestamp(created, UTC),
-        STATE_BY_VALUE[state],
-        error,
-        None if updated is None else datetime.fromtimestamp(updated, UTC),
-    )
+    return rows.operation_record(session_id, row, from_timestamp)
