@@ -22,6 +22,7 @@ from ._errors import RetractError as RetractError
 from ._errors import SchemaVersionError as SchemaVersionError
 from ._errors import SessionNotFoundError as SessionNotFoundError
 from ._errors import SessionStateError as SessionStateError
+from ._errors import SessionTakenOverError as SessionTakenOverError
 from ._errors import StorageError as StorageError
 from ._errors import SubscriberOverflowError as SubscriberOverflowError
 from ._errors import TrackingError as TrackingError
@@ -37,16 +38,20 @@ from .fs import atomic_write as atomic_write
 from .fs import atomic_write_bytes as atomic_write_bytes
 from .fs import atomic_write_text as atomic_write_text
 from .integrations import current_session as current_session
+from .journal import EventStream as EventStream
 from .journal import FailedOperation as FailedOperation
 from .journal import InMemoryStorage as InMemoryStorage
 from .journal import Journal as Journal
+from .journal import JournalEvent as JournalEvent
 from .journal import MetricsCollector as MetricsCollector
 from .journal import OperationFactory as OperationFactory
 from .journal import OperationRecord as OperationRecord
 from .journal import OperationRegistry as OperationRegistry
+from .journal import OperationsEvent as OperationsEvent
 from .journal import OperationState as OperationState
 from .journal import Owner as Owner
 from .journal import Session as Session
+from .journal import SessionEvent as SessionEvent
 from .journal import SessionRecord as SessionRecord
 from .journal import SessionStatus as SessionStatus
 from .journal import SQLiteStorage as SQLiteStorage
@@ -76,6 +81,7 @@ __all__ = (
     "CrossDeviceError",
     "DriftError",
     "DurabilityError",
+    "EventStream",
     "FailedOperation",
     "FileAlreadyExistsError",
     "FileOperationError",
@@ -86,6 +92,7 @@ __all__ = (
     "JournalBusyError",
     "JournalClosedError",
     "JournalError",
+    "JournalEvent",
     "JournalOpenError",
     "MetricsCollector",
     "NotAJournalError",
@@ -94,15 +101,18 @@ __all__ = (
     "OperationRecord",
     "OperationRegistry",
     "OperationState",
+    "OperationsEvent",
     "Owner",
     "RetractError",
     "SQLiteStorage",
     "SchemaVersionError",
     "Session",
+    "SessionEvent",
     "SessionNotFoundError",
     "SessionRecord",
     "SessionStateError",
     "SessionStatus",
+    "SessionTakenOverError",
     "Step",
     "Storage",
     "StorageError",

@@ -15,7 +15,8 @@ from the builtin a caller would naturally catch::
     │   │   └── JournalBusyError                   another process held the lock too long
     │   ├── SessionNotFoundError (LookupError)     unknown session id
     │   └── SessionStateError                      session state forbids the action
-    │       └── UndoInProgressError                another undo of it is running
+    │       ├── UndoInProgressError                another undo of it is running
+    │       └── SessionTakenOverError              its lease expired; another process took it
     ├── UndoError
     │   ├── UnknownOperationTypeError (LookupError)  no handler; nothing was undone
     │   ├── UndoFailedError                        a handler failed; undo stopped
@@ -61,6 +62,7 @@ __all__ = (
     "SchemaVersionError",
     "SessionNotFoundError",
     "SessionStateError",
+    "SessionTakenOverError",
     "StorageError",
     "SubscriberOverflowError",
     "TrackingError",
@@ -149,6 +151,16 @@ class SessionStateError(JournalError):
 
 class UndoInProgressError(SessionStateError):
     """Another undo of the same session is running (in this or another live process)."""
+
+
+class SessionTakenOverError(SessionStateError):
+    """Another process took the session over: this one let its lease expire.
+
+    Raised by a write of a session this process no longer holds (a journal shared across
+    hosts, :class:`~retract.journal.storage.PostgresStorage`); the write did not happen.
+    It means this process went longer than the lease without renewing it (a blocked
+    event loop, a lost connection), and another process's ``recover()`` took over.
+    """
 
 
 class UndoError(RetractError):

@@ -63,10 +63,11 @@ def test_session_json_shape() -> None:
     data = _json.session_json(_session(error="boom", context={"a": 1}))
     assert set(data) == {
         "session_id", "status", "created_at", "completed_at", "error", "undo_count", "context",
-        "owner",
+        "owner", "lease_expires_at",
     }  # fmt: skip
     assert data["status"] == "completed"
     assert data["owner"] is None
+    assert data["lease_expires_at"] is None
     assert data["completed_at"] is None
 
 

@@ -15,13 +15,9 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
@@ -35,6 +31,7 @@ from retract import (
     UndoInProgressError,
     open_journal,
 )
+from tests.helpers import WorkerProcess, WorkerProcesses, wait_until
 
 SEED = int(os.environ.get("RETRACT_SEED") or random.SystemRandom().randrange(2**32))
 WORKER = Path(__file__).with_name("_mp_worker.py")
@@ -46,75 +43,24 @@ S = SessionStatus
 O = OperationState  # noqa: E741
 
 
-@dataclass(slots=True)
-class Worker:
-    """A running worker process and where its output goes."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-
-    def describe(self) -> str:
-        return (
-            f"worker {self.name} (pid {self.popen.pid}, returncode {self.popen.returncode}):\n"
-            f"stdout:\n{self.out.read_text(errors='replace')}\n"
-            f"stderr:\n{self.err.read_text(errors='replace')}"
-        )
-
-    async def finish(self) -> None:
-        """Wait for a clean exit; fail with the worker's output otherwise."""
-        returncode = await asyncio.to_thread(self.popen.wait, WAIT_LIMIT)
-        assert returncode == 0, f"seed {SEED}: {self.describe()}"
-
-
-class Spawn(Protocol):
-    def __call__(self, mode: str, name: str, **config: Any) -> Worker: ...
-
-
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
+def spawn(tmp_path: Path) -> Iterator[WorkerProcesses]:
     """Start workers sharing ``tmp_path``; any still running at the end is killed and reaped."""
-    workers: list[Worker] = []
-
-    def start(mode: str, name: str, **config: Any) -> Worker:
-        full = {
-            "mode": mode,
-            "name": name,
-            "dir": str(tmp_path),
-            "db": str(tmp_path / "journal.db"),
-            "seed": SEED,
-            **config,
-        }
-        out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-        with out.open("wb") as out_file, err.open("wb") as err_file:
-            popen = subprocess.Popen(
-                [sys.executable, str(WORKER), json.dumps(full)], stdout=out_file, stderr=err_file
-            )
-        worker = Worker(name, popen, out, err)
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        if worker.popen.poll() is None:
-            worker.popen.kill()
-        worker.popen.wait()
+    config = {"db": str(tmp_path / "journal.db")}
+    with WorkerProcesses(
+        WORKER, tmp_path, seed=SEED, wait_limit=WAIT_LIMIT, config=config, label="worker "
+    ) as workers:
+        yield workers
 
 
-async def wait_for(path: Path, *workers: Worker) -> None:
+async def wait_for(path: Path, *workers: WorkerProcess) -> None:
     """Wait until ``path`` exists; fail at once if a worker exits meanwhile."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not path.exists():
-        for worker in workers:
-            if worker.popen.poll() is not None:
-                pytest.fail(f"seed {SEED}: exited before {path.name}: {worker.describe()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"seed {SEED}: {path.name} never appeared")
-        await asyncio.sleep(0.002)
+    await wait_until(
+        path.name, path.exists, *workers, seed=SEED, wait_limit=WAIT_LIMIT, interval=0.002
+    )
 
 
-async def start_together(tmp_path: Path, workers: list[Worker]) -> None:
+async def start_together(tmp_path: Path, workers: list[WorkerProcess]) -> None:
     """Let the workers past their barrier once every one of them is waiting at it."""
     for worker in workers:
         await wait_for(tmp_path / f"ready-{worker.name}", worker)
@@ -142,7 +88,7 @@ def counting_registry(calls: collections.Counter[str]) -> OperationRegistry:
 
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh-file", "existing-file"])
 async def test_four_processes_writing_one_file_lose_and_duplicate_nothing(
-    tmp_path: Path, spawn: Spawn, fresh: bool
+    tmp_path: Path, spawn: WorkerProcesses, fresh: bool
 ) -> None:
     """4 processes write sessions into one file at once: every row once, gap-free, no lock error."""
     db = tmp_path / "journal.db"
@@ -183,7 +129,7 @@ async def test_four_processes_writing_one_file_lose_and_duplicate_nothing(
 
 
 async def test_four_processes_undoing_each_others_sessions_while_others_write(
-    tmp_path: Path, spawn: Spawn
+    tmp_path: Path, spawn: WorkerProcesses
 ) -> None:
     """Each worker undoes the previous one's sessions: every handler once, newest first."""
     db = tmp_path / "journal.db"
@@ -247,7 +193,7 @@ async def new_session(journal: Journal, operations: int) -> tuple[str, list[str]
 
 
 async def test_second_undo_from_another_process_is_refused_while_the_first_runs(
-    tmp_path: Path, spawn: Spawn
+    tmp_path: Path, spawn: WorkerProcesses
 ) -> None:
     """While a worker undoes a session, this process's undo and recover() leave it alone."""
     calls: collections.Counter[str] = collections.Counter()
@@ -286,7 +232,7 @@ async def test_second_undo_from_another_process_is_refused_while_the_first_runs(
 
 
 async def test_recover_leaves_the_running_session_of_a_live_process_alone(
-    tmp_path: Path, spawn: Spawn
+    tmp_path: Path, spawn: WorkerProcesses
 ) -> None:
     """recover() in another process does not touch a live worker's RUNNING session."""
     async with open_journal(tmp_path / "journal.db") as journal:
@@ -314,7 +260,7 @@ async def test_recover_leaves_the_running_session_of_a_live_process_alone(
 
 
 async def test_concurrent_recoverers_claim_each_dead_session_exactly_once(
-    tmp_path: Path, spawn: Spawn
+    tmp_path: Path, spawn: WorkerProcesses
 ) -> None:
     """4 processes recover a killed process's sessions at once; each is taken by one."""
     doomed = spawn("die", "doomed", sessions=20)

@@ -1,4 +1,4 @@
-"""The reading commands: ``sessions``, ``show`` and ``recover``.
+"""The reading commands: ``sessions``, ``show``, ``recover`` and ``watch``.
 
 Each is a coroutine run by :func:`retract.cli.main` under ``asyncio.run``. Errors from
 the library (:class:`~retract.RetractError`) propagate; ``main`` turns them into one
@@ -14,7 +14,7 @@ from ..journal import open_journal
 from . import _json, _render
 from ._console import Console, ExitCode
 
-__all__ = ("recover", "sessions", "show")
+__all__ = ("recover", "sessions", "show", "watch")
 
 
 async def sessions(
@@ -69,10 +69,34 @@ async def recover(console: Console, path: str) -> int:
         count = len(recovered)
         console.print(
             f"recovered {count} session{'s' if count != 1 else ''} whose process is gone "
+            "(or, in a PostgreSQL journal, stopped renewing its lease) "
             "(now interrupted; their unfinished steps are in_doubt):"
         )
         console.print(_render.sessions_table(recovered, console.width()))
         console.print("undo them with `retract undo ID`, or inspect them with `retract show ID`")
     else:
         console.print("nothing to recover: no running session has lost its process")
+    return ExitCode.OK
+
+
+async def watch(console: Console, path: str, session_id: str | None, *, count: int | None) -> int:
+    """Print session and operation events as they are committed, until stopped.
+
+    :param session_id: only this session's events (a full id or a unique prefix).
+    :param count: stop after this many events; None: until Ctrl+C.
+    """
+    async with open_journal(path, create=False) as journal:
+        wanted = await journal.resolve_session_id(session_id) if session_id else None
+        async with journal.watch(wanted) as events:
+            console.note(f"watching {journal.storage.location} (Ctrl+C to stop)")
+            seen = 0
+            async for event in events:
+                if console.json:
+                    _json.dump_line(_json.event_json(event), console.out)
+                else:
+                    console.print(_render.event_line(event))
+                    console.out.flush()
+                seen += 1
+                if count is not None and seen >= count:
+                    break
     return ExitCode.OK

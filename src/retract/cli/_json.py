@@ -14,10 +14,19 @@ import json
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from ..journal import OperationRecord, SessionRecord, UndoPlan, UndoReport
+from ..journal import (
+    JournalEvent,
+    OperationRecord,
+    SessionEvent,
+    SessionRecord,
+    UndoPlan,
+    UndoReport,
+)
 
 __all__ = (
     "dump",
+    "dump_line",
+    "event_json",
     "iso",
     "operation_json",
     "plan_json",
@@ -52,6 +61,28 @@ def session_json(session: SessionRecord) -> dict[str, Any]:
             "host": owner.host,
             "started_at": iso(datetime.fromtimestamp(owner.started_at, UTC)),
         },
+        "lease_expires_at": iso(session.lease_expires_at),
+    }
+
+
+def event_json(event: JournalEvent) -> dict[str, Any]:
+    """A journal event (``retract watch``) as a JSON object."""
+    if isinstance(event, SessionEvent):
+        return {
+            "kind": "session",
+            "session_id": event.session_id,
+            "status": event.status.value,
+            "undo_count": event.undo_count,
+            "at": iso(event.at),
+        }
+    return {
+        "kind": "operations",
+        "session_id": event.session_id,
+        "state": event.state.value,
+        "count": event.count,
+        "first": event.first,
+        "last": event.last,
+        "at": iso(event.at),
     }
 
 
@@ -103,6 +134,12 @@ def report_json(report: UndoReport) -> dict[str, Any]:
         "remaining": report.remaining,
         "duration_seconds": round(report.duration, 6),
     }
+
+
+def dump_line(data: Any, out: TextIO) -> None:
+    """Write ``data`` as one line of JSON (JSON Lines), and flush."""
+    out.write(json.dumps(data, ensure_ascii=False) + "\n")
+    out.flush()
 
 
 def dump(data: Any, out: TextIO) -> None:

@@ -52,6 +52,7 @@ examples:
   RETRACT_DB=history.db retract undo 3f2a --app handlers.py:registry --yes
   retract --db history.db undo 3f2a --drift skip   leave files changed since untouched
   retract --db history.db prune --older-than 30d --yes
+  retract --db postgresql://host/db watch    follow sessions and undos live
   retract sweep /srv/data --recursive        remove temps of killed writers
 
 JSON output (--json) and every option: see docs/cli.md.
@@ -141,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command("recover", "mark sessions whose process died as interrupted, and list them")
+
+    watch_cmd = command(
+        "watch", "print session and operation events as they happen (PostgreSQL journals)"
+    )
+    watch_cmd.add_argument(
+        "session_id", nargs="?", metavar="ID", help="only this session (an id or a unique prefix)"
+    )
+    watch_cmd.add_argument(
+        "--count", type=_count, default=0, metavar="N", help="stop after N events (0: never)"
+    )
 
     prune_cmd = command(
         "prune", "delete ended sessions older than an age, with their before-images"
@@ -236,6 +247,10 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return asyncio.run(_commands.show(console, path, args.session_id))
     if name == "recover":
         return asyncio.run(_commands.recover(console, path))
+    if name == "watch":
+        return asyncio.run(
+            _commands.watch(console, path, args.session_id, count=args.count or None)
+        )
     if name == "prune":
         return asyncio.run(
             prune(

@@ -12,12 +12,21 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..journal import OperationRecord, SessionRecord, UndoPlan, UndoReport
+from ..journal import (
+    JournalEvent,
+    OperationRecord,
+    SessionEvent,
+    SessionRecord,
+    SessionStatus,
+    UndoPlan,
+    UndoReport,
+)
 
 __all__ = (
     "clip",
     "compact",
     "context_summary",
+    "event_line",
     "operations_table",
     "plan_text",
     "report_text",
@@ -28,6 +37,7 @@ __all__ = (
 )
 
 _ELLIPSIS = "…"
+_LIVE = (SessionStatus.RUNNING, SessionStatus.UNDOING)
 # Below this many characters a clipped cell says too little; let the line wrap instead.
 _MIN_CELL = 16
 
@@ -156,6 +166,10 @@ def session_detail(
         ("completed", when(session.completed_at)),
         ("undo runs", str(session.undo_count)),
         ("owner", f"pid {owner.pid} on {owner.host}" if owner is not None else "-"),
+    ]
+    if session.lease_expires_at is not None and session.status in _LIVE:
+        fields.append(("lease", f"until {when(session.lease_expires_at)}"))
+    fields += [
         ("error", session.error or "-"),
         ("context", context_summary(session.context)),
     ]
@@ -233,3 +247,14 @@ def _inner(width: int | None) -> int | None:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def event_line(event: JournalEvent) -> str:
+    """What ``watch`` prints for one event: one line."""
+    stamp = when(event.at)
+    if isinstance(event, SessionEvent):
+        runs = f" (undo run {event.undo_count})" if event.undo_count else ""
+        return f"{stamp}  {event.session_id}  session {event.status.value}{runs}"
+    span = str(event.first) if event.first == event.last else f"{event.first}-{event.last}"
+    many = "operation" if event.count == 1 else "operations"
+    return f"{stamp}  {event.session_id}  {event.count} {many} {event.state.value} (seq {span})"

@@ -53,8 +53,12 @@ timeout plus 10 seconds after try N - 1 began, when arq has long cancelled it. O
 by a live process of this host (a try that ignored its cancellation), or one being
 UNDONE where this host cannot check (its automatic undo may outlast arq's 10 s margin:
 undoing it here too would run its handlers twice at once) is not touched: the try fails
-with :class:`EarlierTryRunningError`. Where undoing a try can take long, keep
-``undo_timeout`` short: arq runs a job again 10 seconds after its ``job_timeout``. If
+with :class:`EarlierTryRunningError`. In a PostgreSQL journal, where sessions hold
+leases, the lease decides instead: an earlier try on another host whose lease expired
+is taken over and undone (RUNNING or UNDOING), and one whose process still renews its
+lease is refused with :class:`EarlierTryRunningError`. Where undoing a try can take
+long, keep ``undo_timeout`` short: arq runs a job again 10 seconds after its
+``job_timeout``. If
 undoing an earlier try fails, try N fails with that error (arq records the job as
 failed) rather than run over effects it cannot remove; ``retract undo <session id>``
 finishes it. Earlier tries that COMPLETED are kept: arq runs a job again after a
@@ -213,20 +217,19 @@ async def undo_earlier_tries(
             or earlier >= job_try
         ):
             continue
-        if (
-            record.status is SessionStatus.UNDOING
-            and record.owner is not None
+        # In a journal with leases (PostgreSQL) undo_session() itself tells a live
+        # holder from a dead one, by its lease, and takes over only the latter.
+        unseen = (
+            record.owner is not None
             and session_held(record) is None
-        ):
+            and record.lease_expires_at is None
+        )
+        if record.status is SessionStatus.UNDOING and unseen:
             # Being undone where this host cannot look: that undo may still run (an
             # automatic undo may take undo_timeout, longer than arq's 10 s margin), and
             # undoing it here as well would run its handlers twice at once.
             raise EarlierTryRunningError(job_id, record)
-        if (
-            record.status is SessionStatus.RUNNING
-            and record.owner is not None
-            and session_held(record) is None
-        ):
+        if record.status is SessionStatus.RUNNING and unseen and record.owner is not None:
             # Beyond this host's sight: arq's expired in-progress key vouches that the try
             # is over. A compare-and-set, so a concurrent recoverer never doubles it.
             await journal.storage.update_session(

@@ -1,5 +1,9 @@
 """The journal: sessions, operations, undo and recovery."""
 
+from ._events import EventStream as EventStream
+from ._events import JournalEvent as JournalEvent
+from ._events import OperationsEvent as OperationsEvent
+from ._events import SessionEvent as SessionEvent
 from ._journal import Journal as Journal
 from ._journal import open_journal as open_journal
 from ._metrics import MetricsCollector as MetricsCollector
@@ -23,18 +27,22 @@ from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
 __all__ = (
+    "EventStream",
     "FailedOperation",
     "InMemoryStorage",
     "Journal",
+    "JournalEvent",
     "MetricsCollector",
     "OperationFactory",
     "OperationRecord",
     "OperationRegistry",
     "OperationState",
+    "OperationsEvent",
     "Owner",
     "SQLiteStorage",
     "Session",
     "SessionContext",
+    "SessionEvent",
     "SessionRecord",
     "SessionStatus",
     "Step",

@@ -17,10 +17,12 @@ from types import TracebackType
 from typing import Any, Self
 
 from .._async import run_sync, shielded
-from .._errors import JournalClosedError, JournalOpenError, SessionNotFoundError
+from .._errors import JournalClosedError, JournalError, JournalOpenError, SessionNotFoundError
 from ..fs._handlers import DRIFT_POLICIES, DriftPolicy, drift_policy
+from ._events import EventStream
+from ._leases import Heartbeat
 from ._metrics import MetricsCollector
-from ._owner import session_held
+from ._owner import current_owner, session_held
 from ._records import (
     TERMINAL_STATUSES,
     OperationRecord,
@@ -34,7 +36,7 @@ from ._session import SessionContext
 from ._undo import OnError, ProgressCallback, plan_undo, require_session, undo_session
 from .storage import is_postgres_url
 from .storage._memory import InMemoryStorage
-from .storage._protocol import Storage
+from .storage._protocol import LeaseStorage, Storage, WatchStorage
 from .storage._sqlite import SQLiteStorage
 from .storage._sqlite_schema import Synchronous
 
@@ -83,6 +85,7 @@ class Journal:
         self._custom_images = images_dir is not None
         self._own_images = False
         self._state = "new"
+        self._heartbeat: Heartbeat | None = None
 
     def __repr__(self) -> str:
         return f"<Journal {self.storage.location} {self._state}>"
@@ -114,6 +117,9 @@ class Journal:
             self._state = "closed"
             raise
         self._state = "open"
+        if isinstance(self.storage, LeaseStorage):
+            self._heartbeat = Heartbeat(self.storage)
+            self._heartbeat.start()
         return self
 
     async def aclose(self) -> None:
@@ -126,6 +132,8 @@ class Journal:
             self._state = "closed"
             return
         self._state = "closed"
+        if self._heartbeat is not None:
+            await shielded(self._heartbeat.stop())
         await shielded(self.storage.aclose())
         if self._own_images and self._images_dir is not None:
             # An in-memory journal's sessions die with it, and so do their images.
@@ -424,6 +432,40 @@ class Journal:
             raise cancelled
         return pruned
 
+    # -- events ---------------------------------------------------------------------
+
+    def watch(self, session_id: str | None = None, *, max_pending: int = 10_000) -> EventStream:
+        """Session and operation events as they are committed, by any process.
+
+        ::
+
+            async with journal.watch() as events:
+                async for event in events:
+                    if isinstance(event, retract.OperationsEvent):
+                        print(event.session_id, event.state, event.first, event.last)
+
+        Yields a :class:`SessionEvent` when a session starts or changes status, and an
+        :class:`OperationsEvent` when operations change state (an undo marking a window
+        UNDOING then UNDONE, a step completing). Operations appended while a session
+        runs are not announced one by one (see ``docs/scaling.md``). Needs a storage
+        that can announce changes across processes
+        (:class:`~retract.journal.storage.PostgresStorage`, over ``LISTEN``/``NOTIFY``).
+
+        :param session_id: only the events of this session.
+        :param max_pending: events buffered for a slow consumer; beyond that the oldest
+            are dropped and counted in ``EventStream.dropped``.
+        :raises JournalError: the storage cannot announce changes (SQLite, in memory).
+        """
+        self.check_open()
+        storage = self.storage
+        if not isinstance(storage, WatchStorage):
+            raise JournalError(
+                f"journal.watch() needs a storage that announces changes to other processes "
+                f"(PostgresStorage); {type(storage).__name__} at {storage.location} cannot. "
+                "Poll journal.list_sessions() instead"
+            )
+        return storage.watch(session_id=session_id, max_pending=max_pending)
+
     # -- recovery -------------------------------------------------------------------
 
     async def recover(self) -> list[SessionRecord]:
@@ -432,14 +474,28 @@ class Journal:
         A session RUNNING or UNDOING whose owner (same host) has died, or whose pid now
         belongs to a younger process, becomes INTERRUPTED, and its steps still in INTENT
         become IN_DOUBT. So does one of this process whose end could not be written (a
-        storage failure) and that nobody here works on any more. Sessions owned by live
-        processes, and by processes on other hosts (whose liveness cannot be checked),
-        are left alone. Each session is
-        claimed with a compare-and-set, so concurrent recoverers never both take one.
+        storage failure) and that nobody here works on any more. In a storage shared
+        across hosts (:class:`~retract.journal.storage.LeaseStorage`, PostgreSQL), so
+        does a session of any host whose owner stopped renewing its lease: it is taken
+        over (this process becomes its owner) under a row lock that other recoverers
+        skip. Sessions of live processes are left alone, as are those of other hosts
+        where there are no leases (their liveness cannot be checked). Each session is
+        claimed atomically, so concurrent recoverers never both take one.
 
-        :return: the sessions this call recovered, as they are now.
+        :return: the sessions this call recovered, as they are now; undo them with
+            :meth:`undo_session`.
         """
         self.check_open()
+        recovered = await self._recover_dead_owners()
+        if isinstance(self.storage, LeaseStorage):
+            for session_id in await self.storage.recover_expired(current_owner(), time.time()):
+                record = await self.storage.get_session(session_id)
+                if record is not None:
+                    recovered.append(record)
+        return recovered
+
+    async def _recover_dead_owners(self) -> list[SessionRecord]:
+        """recover() of the sessions whose owner this host can check."""
         candidates = await self.storage.list_sessions(
             statuses=(SessionStatus.RUNNING, SessionStatus.UNDOING)
         )
@@ -495,6 +551,9 @@ def open_journal(
     busy_timeout: float = 5.0,
     create: bool = True,
     images_dir: str | os.PathLike[str] | None = None,
+    schema: str | None = None,
+    lease_timeout: float | None = None,
+    pool_size: tuple[int, int] | None = None,
 ) -> Journal:
     """Make a :class:`Journal` for a location; use it with ``async with``.
 
@@ -504,14 +563,43 @@ def open_journal(
     anything else is an SQLite file (see
     :class:`SQLiteStorage` for ``synchronous``, ``busy_timeout`` and ``create``, which
     with False refuses a path that holds no journal yet instead of creating one).
+
+    For PostgreSQL only: ``schema`` (default ``"retract"``), ``lease_timeout`` (seconds,
+    default 30) and ``pool_size`` (the pool's ``(min_size, max_size)``, default (1, 10)),
+    as :class:`~retract.journal.storage.PostgresStorage` takes them.
+
+    :raises ValueError: a PostgreSQL-only option for another kind of journal.
     """
     storage: Storage
+    server_options = {
+        name: value
+        for name, value in (
+            ("schema", schema),
+            ("lease_timeout", lease_timeout),
+            ("pool_size", pool_size),
+        )
+        if value is not None
+    }
+    if server_options and not is_postgres_url(location):
+        raise ValueError(
+            f"{', '.join(server_options)} only apply to a PostgreSQL journal "
+            f"(a postgresql:// URL), not to {str(location)!r}"
+        )
     if str(location) == ":memory:":
         storage = InMemoryStorage()
     elif is_postgres_url(location):
         from .storage._postgres import PostgresStorage  # noqa: PLC0415  (postgres extra)
 
-        storage = PostgresStorage(str(location), create=create, busy_timeout=busy_timeout)
+        min_size, max_size = pool_size if pool_size is not None else (1, 10)
+        storage = PostgresStorage(
+            str(location),
+            create=create,
+            busy_timeout=busy_timeout,
+            schema=schema if schema is not None else "retract",
+            lease_timeout=lease_timeout if lease_timeout is not None else 30.0,
+            min_size=min_size,
+            max_size=max_size,
+        )
     else:
         storage = SQLiteStorage(
             location, synchronous=synchronous, busy_timeout=busy_timeout, create=create

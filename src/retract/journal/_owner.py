@@ -134,11 +134,15 @@ class ActiveSessions:
     def __init__(self) -> None:
         self.running: set[str] = set()
         self.undoing: set[str] = set()
+        # Those of them whose row says so (created, or claimed for undo): the leases
+        # the journal renews in a storage shared across hosts.
+        self.leased: set[str] = set()
 
     def reset(self) -> None:
         # A forked child works on none of its parent's sessions.
         self.running.clear()
         self.undoing.clear()
+        self.leased.clear()
 
 
 active = ActiveSessions()

@@ -96,6 +96,11 @@ class SessionRecord:
 
     A snapshot: changing it changes nothing in the journal. ``state`` is the same value
     as ``status``, named like :attr:`OperationRecord.state`.
+
+    :ivar lease_expires_at: when the owner's lease on the session runs out unless the
+        owner renews it (by the database server's clock), in a storage shared across
+        hosts (:class:`~retract.journal.storage.PostgresStorage`); None in the others.
+        It matters only while the session is RUNNING or UNDOING.
     """
 
     session_id: str
@@ -106,6 +111,7 @@ class SessionRecord:
     error: str | None = None
     undo_count: int = 0
     owner: Owner | None = None
+    lease_expires_at: datetime | None = None
 
     @property
     def state(self) -> SessionStatus:

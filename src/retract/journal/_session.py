@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._async import shielded
-from .._errors import SessionStateError
+from .._errors import SessionStateError, SessionTakenOverError
 from ..fs._session_fs import SessionFs
 from ..tracking._journaled import OP_TYPE as TRACKED_CHANGE
 from ..tracking._journaled import payload_of, remember
@@ -395,6 +395,7 @@ class SessionContext:
                 except Exception:  # the cancellation, not this, is what propagates
                     logger.warning("could not record a cancelled start", exc_info=True)
             raise
+        active.leased.add(session_id)
         if journal.metrics is not None:
             journal.metrics.record_session_created()
         return session
@@ -443,6 +444,7 @@ class SessionContext:
         assert self._session is not None  # noqa: S101
         self._session._close()
         active.running.discard(self._session.session_id)
+        active.leased.discard(self._session.session_id)
         journal = self._journal
         changed = await journal.storage.update_session(
             self._session.session_id,
@@ -452,15 +454,31 @@ class SessionContext:
             expect_statuses=(SessionStatus.RUNNING,),
             settle_intents=True,
         )
-        if not changed:
-            logger.warning(
-                "session %s was no longer RUNNING when it ended as %s (recovered by another "
-                "process?); its journal status was left as it is",
-                self._session.session_id,
-                status.value,
-            )
         if journal.metrics is not None:
             journal.metrics.record_session_ended(status)
+        if not changed:
+            await self._explain_lost_end(status)
+
+    async def _explain_lost_end(self, status: SessionStatus) -> None:
+        """The end could not be written: raise if another process took the session over."""
+        assert self._session is not None  # noqa: S101
+        session_id = self._session.session_id
+        record = await self._journal.storage.get_session(session_id)
+        owner = record.owner if record is not None else None
+        if record is not None and owner is not None and owner.token != current_owner().token:
+            raise SessionTakenOverError(
+                f"session {session_id} ended ({status.value}) after process {owner.pid} on "
+                f"{owner.host} took it over ({record.status.value}): this process let its "
+                "lease expire (a blocked event loop or a lost connection for longer than "
+                "lease_timeout?), so what the block did since may not be journaled, or may "
+                "be past its undo; its end was not written"
+            )
+        logger.warning(
+            "session %s was no longer RUNNING when it ended as %s (recovered by another "
+            "process?); its journal status was left as it is",
+            session_id,
+            status.value,
+        )
 
     async def _undo_after(self, exc: BaseException) -> None:
         assert self._session is not None  # noqa: S101

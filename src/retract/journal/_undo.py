@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from .._async import shielded
@@ -46,7 +47,7 @@ from ._records import (
 )
 from ._registry import OperationRegistry
 from ._session import describe_error
-from .storage._protocol import OperationUpdate
+from .storage._protocol import LeaseStorage, OperationUpdate
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -94,7 +95,7 @@ async def plan_undo(journal: Journal, session_id: str, registry: OperationRegist
     missing = sorted({op.op_type for op in operations} - set(registry.types()))
     blocker: str | None = None
     try:
-        _check_claimable(session)
+        _check_claimable(session, lapsed_lease_ok=True)
     except SessionStateError as exc:
         blocker = str(exc)
     return UndoPlan(session, tuple(operations), tuple(missing), blocker)
@@ -115,7 +116,7 @@ async def undo_session(
     if max_in_doubt < 1:
         raise ValueError(f"max_in_doubt must be at least 1, not {max_in_doubt!r}")
     _refuse_if_undoing_here(session_id)
-    session = await require_session(journal, session_id)
+    session = await _take_over_if_expired(journal, await require_session(journal, session_id))
     _check_claimable(session)
     total, types = await journal.storage.pending_summary(session_id)
     missing = types - set(registry.types())
@@ -129,10 +130,31 @@ async def undo_session(
     active.undoing.add(session_id)
     try:
         await _claim(journal, session)
+        active.leased.add(session_id)
         run = _UndoRun(journal, session_id, registry, on_error, max_in_doubt, progress, total)
         return await run.execute()
     finally:
         active.undoing.discard(session_id)
+        active.leased.discard(session_id)
+
+
+async def _take_over_if_expired(journal: Journal, session: SessionRecord) -> SessionRecord:
+    """The session, taken over first if its owner is on another host and let its lease expire.
+
+    The storage decides by its own clock, and claims the session with a row lock; the
+    session is then INTERRUPTED and ours, and the undo claims it like any other.
+    """
+    storage = journal.storage
+    if (
+        session.status in (SessionStatus.RUNNING, SessionStatus.UNDOING)
+        and session.lease_expires_at is not None
+        and session_held(session) is None
+        and isinstance(storage, LeaseStorage)
+        and await storage.recover_expired(current_owner(), time.time(), [session.session_id])
+    ):
+        logger.info("took over session %s: its owner's lease expired", session.session_id)
+        return await require_session(journal, session.session_id)
+    return session
 
 
 def _refuse_if_undoing_here(session_id: str) -> None:
@@ -142,14 +164,30 @@ def _refuse_if_undoing_here(session_id: str) -> None:
         )
 
 
-def _check_claimable(session: SessionRecord) -> None:
-    """Raise unless this process may undo the session (checked before anything else)."""
+def _check_claimable(session: SessionRecord, *, lapsed_lease_ok: bool = False) -> None:
+    """Raise unless this process may undo the session (checked before anything else).
+
+    :param lapsed_lease_ok: accept a session of another host whose lease has expired by
+        this host's clock (a plan: the undo would take it over, if the storage agrees).
+    """
     status = session.status
     owner = session.owner
     if status in (SessionStatus.RUNNING, SessionStatus.UNDOING):
         alive = session_held(session)
         who = f"process {owner.pid} on {owner.host}" if owner is not None else "an unknown owner"
         if alive is None:
+            lease = session.lease_expires_at
+            if lease is not None and lapsed_lease_ok and lease <= datetime.now(UTC):
+                return
+            if lease is not None:
+                raise (
+                    UndoInProgressError if status is SessionStatus.UNDOING else SessionStateError
+                )(
+                    f"session {session.session_id} is {status.value} in {who}, which holds "
+                    f"its lease until {lease:%Y-%m-%d %H:%M:%S} UTC and keeps renewing it "
+                    "while it works: undo it after that process is done with it (or after "
+                    "its lease expired, when this process takes it over)"
+                )
             raise SessionStateError(
                 f"session {session.session_id} is {status.value} in {who}, another host, "
                 "whose liveness cannot be checked from here; undo it from that host"

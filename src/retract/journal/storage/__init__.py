@@ -3,15 +3,25 @@
 from typing import TYPE_CHECKING
 
 from ._memory import InMemoryStorage as InMemoryStorage
+from ._protocol import LeaseStorage as LeaseStorage
 from ._protocol import NewOperation as NewOperation
 from ._protocol import OperationUpdate as OperationUpdate
 from ._protocol import Storage as Storage
+from ._protocol import WatchStorage as WatchStorage
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
 if TYPE_CHECKING:  # at run time: on first use, through __getattr__ below
     from ._postgres import PostgresStorage as PostgresStorage
 
-__all__ = ("InMemoryStorage", "NewOperation", "OperationUpdate", "SQLiteStorage", "Storage")
+__all__ = (
+    "InMemoryStorage",
+    "LeaseStorage",
+    "NewOperation",
+    "OperationUpdate",
+    "SQLiteStorage",
+    "Storage",
+    "WatchStorage",
+)
 
 
 def __getattr__(name: str) -> object:

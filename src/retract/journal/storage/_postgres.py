@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -51,15 +52,25 @@ from ..._errors import (
     RetractError,
     SchemaVersionError,
     SessionNotFoundError,
+    SessionTakenOverError,
     StorageError,
 )
+from .._events import EventStream
+from .._owner import current_owner
 from .._records import (
     OperationRecord,
     Owner,
     SessionRecord,
     SessionStatus,
 )
-from ._postgres_schema import APPLICATION, MIGRATIONS, SCHEMA_VERSION, Statements, no_nul
+from ._postgres_schema import (
+    APPLICATION,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Statements,
+    no_nul,
+    owner_fields,
+)
 from ._protocol import NewOperation, OperationUpdate
 from ._rows import operation_record, session_record
 
@@ -252,7 +263,8 @@ class _GroupCommit:
         A request naming a session that does not exist gets SessionNotFoundError and
         takes no sequence numbers; the others are unaffected.
         """
-        totals: dict[str, int] = {}
+        # Sessions in one order in every batch: two batches lock their rows alike.
+        totals: dict[str, int] = dict.fromkeys(sorted({r.session_id for r in appends}), 0)
         starts: list[int] = []
         sessions: list[str] = []
         offsets: list[int] = []
@@ -263,7 +275,7 @@ class _GroupCommit:
         created: list[float] = []
         for request in appends:
             session_id = request.session_id
-            start = totals.get(session_id, 0)
+            start = totals[session_id]
             starts.append(start)
             offset = start
             for op_id, op_type, payload_json, state, created_at in request.operations:
@@ -287,17 +299,37 @@ class _GroupCommit:
             payloads,
             states,
             created,
+            current_owner().token,
         )
         bases: dict[str, int] = {row[0]: row[1] for row in rows}
+        refused = {}
+        if len(bases) < len(totals):  # sessions missing, or held by another process
+            refused = await self._refusals(conn, [s for s in totals if s not in bases])
         outcomes: list[Outcome] = []
         for request, start in zip(appends, starts, strict=True):
             base = bases.get(request.session_id)
             if base is None:
-                outcomes.append((False, SessionNotFoundError(request.session_id)))
+                outcomes.append((False, refused[request.session_id]))
             else:
                 first = base + start + 1
                 outcomes.append((True, list(range(first, first + len(request.operations)))))
         return outcomes
+
+    async def _refusals(self, conn: Conn, session_ids: list[str]) -> dict[str, Exception]:
+        """Why appends to these sessions were refused: missing, or taken over."""
+        errors: dict[str, Exception] = {sid: SessionNotFoundError(sid) for sid in session_ids}
+        for sid, status, _, pid, host in await conn.fetch(self._sql.holders, session_ids):
+            errors[sid] = taken_over(sid, status, pid, host)
+        return errors
+
+
+def taken_over(session_id: str, status: str, pid: int | None, host: str | None) -> Exception:
+    """The error of a write to a session another process holds now."""
+    return SessionTakenOverError(
+        f"session {session_id} is held by process {pid} on {host} now ({status}): it "
+        "took the session over after this process let its lease expire (a blocked event "
+        "loop or a lost connection for longer than lease_timeout?); nothing was written"
+    )
 
 
 def _public_dsn(dsn: str) -> str:
@@ -352,6 +384,12 @@ class PostgresStorage:
     :param min_size: connections the pool keeps open (own pool only).
     :param max_size: connections the pool opens at most (own pool only).
     :param connect_timeout: seconds to wait for a connection (own pool only).
+    :param lease_timeout: seconds a session's lease lasts after its owner last renewed
+        it; the :class:`~retract.Journal` renews it every third of this while the
+        session runs or is being undone. A process on another host may take over a
+        session whose lease expired (:meth:`~retract.Journal.recover`), so keep it
+        well above the longest time this process may go without running its event
+        loop or reaching the database.
 
     Needs PostgreSQL 11 or later. Open it by using the :class:`~retract.Journal` that
     owns it as an async context manager.
@@ -367,10 +405,13 @@ class PostgresStorage:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
+        lease_timeout: float = 30.0,
     ) -> None:
         self._sql = Statements.for_schema(schema)  # checks the name
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must be >= 0 seconds, not {busy_timeout!r}")
+        if not lease_timeout > 0 or lease_timeout == float("inf"):
+            raise ValueError(f"lease_timeout must be positive seconds, not {lease_timeout!r}")
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ValueError(
                 f"need 0 <= min_size <= max_size and max_size >= 1, not {min_size}, {max_size}"
@@ -394,8 +435,11 @@ class PostgresStorage:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = float(connect_timeout)
+        self.lease_timeout = float(lease_timeout)
         self._writer: _GroupCommit | None = None
         self._state = "new"
+        self._settled: asyncio.Event | None = None  # set when open() has finished
+        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"PostgresStorage({self._location!r}, schema={self.schema!r})"
@@ -417,6 +461,13 @@ class PostgresStorage:
                 f"{self!r} was already opened; create a new PostgresStorage to open it again"
             )
         self._state = "opening"
+        self._settled = asyncio.Event()
+        try:
+            await self._open()
+        finally:
+            self._settled.set()
+
+    async def _open(self) -> None:
         try:
             if self._dsn is not None:
                 self._pool = await asyncpg.create_pool(
@@ -458,7 +509,12 @@ class PostgresStorage:
 
         If the awaiting task is cancelled, closing still completes (shielded).
         """
-        if self._state in ("closed", "opening"):
+        if self._state == "opening" and self._settled is not None:
+            # open() sees this, closes what it opened and raises; wait until it has.
+            self._state = "closed"
+            await asyncio.shield(self._settled.wait())
+            return
+        if self._state in {"closed", "new"}:
             self._state = "closed"
             return
         self._state = "closed"
@@ -470,6 +526,8 @@ class PostgresStorage:
             raise
 
     async def _finish(self) -> None:
+        for stream in list(self._streams):
+            await stream.aclose()
         if self._writer is not None:
             await self._writer.aclose()
         pool, self._pool = self._pool, None
@@ -625,11 +683,8 @@ class PostgresStorage:
             created_at,
             SessionStatus.RUNNING.value,
             context_json,
-            owner.token,
-            owner.pid,
-            owner.host,
-            owner.started_at,
-            owner.machine,
+            *owner_fields(owner),
+            self.lease_timeout,
         )
 
         async def insert(conn: Conn) -> None:
@@ -662,6 +717,7 @@ class PostgresStorage:
             expect_owner=expect_owner,
             count_undo=count_undo,
             settle_intents=settle_intents,
+            lease=self.lease_timeout,
         )
 
         async def update(conn: Conn) -> bool:
@@ -700,12 +756,18 @@ class PostgresStorage:
         query = self._sql.update_operations
 
         async def apply(conn: Conn) -> None:
-            await conn.execute(query, *columns, at)
+            refused = await conn.fetch(query, *columns, at, current_owner().token)
+            if refused:  # the others' updates are applied: this is not a rollback
+                raise taken_over(*refused[0])
 
         return apply
 
     async def update_operations(self, updates: Sequence[OperationUpdate], at: float) -> None:
-        """Apply operation state changes in one transaction."""
+        """Apply operation state changes in one transaction.
+
+        :raises SessionTakenOverError: some updates name a session that another process
+            took over; those are not applied (the others are).
+        """
         writer = self._open_writer()
         apply = self._operation_updates(updates, at)
         if apply is not None:
@@ -726,6 +788,12 @@ class PostgresStorage:
         sql = self._sql
 
         async def progress(conn: Conn) -> None:
+            # Written only while this process holds the session: an undo that stalled
+            # past its lease must not go on beside the process that took it over.
+            holder = await conn.fetchrow(sql.hold, session_id)
+            if holder is not None and holder[0] != current_owner().token:
+                _, pid, host, status = holder
+                raise taken_over(session_id, status, pid, host)
             if apply is not None:
                 await apply(conn)
             if undone is not None:
@@ -733,9 +801,8 @@ class PostgresStorage:
             if begin is not None:
                 await conn.execute(sql.mark_undoing, session_id, *begin, at)
 
-        steps = (apply is not None) + (undone is not None) + (begin is not None)
-        if steps:
-            await writer.call(progress, single=steps == 1)
+        if apply is not None or undone is not None or begin is not None:
+            await writer.call(progress, single=False)
 
     async def prune_sessions(
         self, *, ended_before: float, statuses: Collection[SessionStatus]
@@ -751,6 +818,80 @@ class PostgresStorage:
             return [row[0] for row in await conn.fetch(query, wanted, ended_before)]
 
         return cast("list[str]", await writer.call(prune, single=True))
+
+    # -- leases ---------------------------------------------------------------------
+
+    async def renew_leases(self, owner_token: str, session_ids: Collection[str]) -> set[str]:
+        """Renew the leases of the sessions ``owner_token`` holds (see LeaseStorage)."""
+        writer = self._open_writer()
+        if not session_ids:
+            return set()
+        query, wanted = self._sql.renew_leases, list(session_ids)
+
+        async def renew(conn: Conn) -> set[str]:
+            return {row[0] for row in await conn.fetch(query, owner_token, wanted)}
+
+        return cast("set[str]", await writer.call(renew, single=True))
+
+    async def recover_expired(
+        self, owner: Owner, at: float, session_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Take over the sessions whose lease expired (see LeaseStorage)."""
+        writer = self._open_writer()
+        query = self._sql.recover_expired
+        params = (
+            None if session_ids is None else list(session_ids),
+            at,
+            *owner_fields(owner),
+            self.lease_timeout,
+        )
+
+        async def recover(conn: Conn) -> list[str]:
+            return [row[0] for row in await conn.fetch(query, *params)]
+
+        return cast("list[str]", await writer.call(recover, single=True))
+
+    # -- events ---------------------------------------------------------------------
+
+    def watch(self, *, session_id: str | None = None, max_pending: int = 10_000) -> EventStream:
+        """Events committed from now on, by any process (``LISTEN``; see ``_events``).
+
+        The stream holds a connection of its own (from a borrowed pool, one of the
+        pool's) until it is closed, or until this storage closes.
+        """
+        if self._pool is None or self._state != "open":
+            raise JournalClosedError(self._not_open())
+        stream = EventStream(
+            channel=self._sql.channel,
+            connect=self._listener,
+            release=self._release_listener,
+            location=self.location,
+            session_id=session_id,
+            max_pending=max_pending,
+            close_timeout=_CLOSE_TIMEOUT,
+        )
+        self._streams.add(stream)
+        return stream
+
+    async def _listener(self) -> Conn:
+        if self._pool is None or self._state != "open":
+            raise JournalClosedError(self._not_open())
+        try:
+            if self._dsn is None:
+                return await self._pool.acquire()
+            return await asyncpg.connect(
+                self._dsn,
+                timeout=self.connect_timeout,
+                server_settings={"application_name": "retract watch"},
+            )
+        except Exception as exc:
+            raise self.translate(exc, "watching") from exc
+
+    async def _release_listener(self, conn: Conn) -> None:
+        if self._dsn is None and self._pool is not None:
+            await self._pool.release(conn)
+        else:
+            await conn.close(timeout=_CLOSE_TIMEOUT)
 
     # -- reads ----------------------------------------------------------------------
 

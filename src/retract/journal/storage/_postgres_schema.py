@@ -15,11 +15,19 @@ key and their owner (token, pid, host, start time, pid space), operations keyed 
 * ``sessions.last_sequence`` is the last sequence number given out, so an append
   numbers its operations with one row update, gap-free across processes (the row lock
   orders concurrent appenders; a rolled-back append gives its numbers back);
-* the schema version lives in a ``journal_meta`` table of the journal's schema.
+* the schema version lives in a ``journal_meta`` table of the journal's schema;
+* (version 2) a session holds a lease: ``heartbeat_at`` (the server's clock) and
+  ``lease_seconds`` (its owner's lease length), so a process on another host can tell
+  when the owner stopped renewing it (:meth:`Statements.recover_expired`);
+* (version 2) triggers announce every session status change and every change of
+  operation states on a channel per schema (``NOTIFY``), for ``Journal.watch()``.
+  Appends are not announced: a ``NOTIFY`` takes a cluster-wide lock at commit, which
+  would serialize the commits of every writing process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -38,13 +46,15 @@ __all__ = (
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Statements",
+    "no_nul",
+    "owner_fields",
     "quote_schema",
 )
 
 #: Stored in ``journal_meta.application``: what tells a journal from other tables.
 APPLICATION = "retract"
 #: Stored in ``journal_meta.schema_version``; bumped by every schema change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -111,15 +121,78 @@ def _create_v1(s: str) -> list[str]:
     ]
 
 
+#: The lease (seconds) that version 2 gives the sessions live when a journal is upgraded.
+MIGRATED_LEASE = 30.0
+_LIVE = f"('{SessionStatus.RUNNING.value}', '{SessionStatus.UNDOING.value}')"
+
+
+def event_channel(schema: str) -> str:
+    """The ``NOTIFY`` channel of a journal's events: one per schema, under 64 bytes."""
+    channel = f"retract.{schema}"
+    if len(channel) < 64:
+        return channel
+    return "retract." + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
+def _to_v2(s: str) -> list[str]:
+    channel = event_channel(s.strip('"'))
+    now = "extract(epoch FROM clock_timestamp())"
+    return [
+        f"ALTER TABLE {s}.sessions ADD COLUMN heartbeat_at timestamptz,"
+        " ADD COLUMN lease_seconds double precision",
+        # Sessions live at the upgrade get a lease from now: unless a process of this
+        # version renews it (theirs, of version 1, cannot), it expires and they can be
+        # taken over, rather than stay beyond anyone's reach.
+        f"UPDATE {s}.sessions SET heartbeat_at = clock_timestamp(),"  # noqa: S608
+        f" lease_seconds = {MIGRATED_LEASE} WHERE status IN {_LIVE}",
+        f"""CREATE FUNCTION {s}.notify_session() RETURNS trigger LANGUAGE plpgsql AS $body$
+        BEGIN
+            PERFORM pg_notify('{channel}', json_build_object(
+                'kind', 'session', 'session_id', NEW.session_id, 'status', NEW.status,
+                'undo_count', NEW.undo_count, 'at', {now})::text);
+            RETURN NULL;
+        END
+        $body$""",
+        f"CREATE TRIGGER notify_created AFTER INSERT ON {s}.sessions"
+        f" FOR EACH ROW EXECUTE FUNCTION {s}.notify_session()",
+        f"CREATE TRIGGER notify_status AFTER UPDATE OF status ON {s}.sessions"
+        " FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)"
+        f" EXECUTE FUNCTION {s}.notify_session()",
+        # One event per session and new state per statement: a window of an undo that
+        # flips 500 operations to UNDONE is one event with its sequence range.
+        f"""CREATE FUNCTION {s}.notify_operations() RETURNS trigger LANGUAGE plpgsql
+        AS $body$
+        BEGIN
+            PERFORM pg_notify('{channel}', json_build_object(
+                'kind', 'operations', 'session_id', s.session_id, 'state', c.state,
+                'count', c.n, 'first', c.lo, 'last', c.hi, 'at', {now})::text)
+            FROM (SELECT n.session_key, n.state, count(*) AS n, min(n.sequence) AS lo,
+                         max(n.sequence) AS hi
+                  FROM new_rows AS n JOIN old_rows AS o USING (session_key, sequence)
+                  WHERE n.state IS DISTINCT FROM o.state
+                  GROUP BY n.session_key, n.state) AS c
+            JOIN {s}.sessions AS s ON s.key = c.session_key
+            ORDER BY c.session_key, c.lo;
+            RETURN NULL;
+        END
+        $body$""",  # noqa: S608
+        f"CREATE TRIGGER notify_states AFTER UPDATE ON {s}.operations"
+        " REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_operations()",
+        f"UPDATE {s}.journal_meta SET schema_version = 2",  # noqa: S608
+    ]
+
+
 #: version -> the statements that bring a journal of the previous version (or an empty
 #: schema, for version 1) to it, each a function of the quoted schema name. A migration
 #: ends by setting ``journal_meta.schema_version``; each runs in the transaction that
 #: holds the schema's advisory lock.
-MIGRATIONS = {1: _create_v1}
+MIGRATIONS = {1: _create_v1, 2: _to_v2}
 
 _SESSION_COLUMNS = (
     "session_id, created_at, status, context::text, completed_at, error, undo_count,"
-    " owner_token, owner_pid, owner_host, owner_started, owner_machine"
+    " owner_token, owner_pid, owner_host, owner_started, owner_machine,"
+    " heartbeat_at + lease_seconds * interval '1 second'"
 )
 _OPERATION_COLUMNS = "op_id, sequence, op_type, payload::text, created_at, state, error, updated_at"
 _SETTLED = "(" + ", ".join(f"'{state.value}'" for state in sorted(SETTLED_STATES)) + ")"
@@ -130,6 +203,7 @@ class Statements:
     """Every statement of PostgresStorage, for one schema (see :meth:`for_schema`)."""
 
     schema: str
+    channel: str
     # -- open
     lock: str
     inspect: str
@@ -137,6 +211,10 @@ class Statements:
     # -- writes
     insert_session: str
     append: str
+    holders: str
+    hold: str
+    renew_leases: str
+    recover_expired: str
     update_operations: str
     mark_undone: str
     mark_undoing: str
@@ -156,6 +234,7 @@ class Statements:
         key = f"(SELECT key FROM {s}.sessions WHERE session_id = $1)"  # noqa: S608
         return cls(
             schema=s,
+            channel=event_channel(schema),
             # One lock per schema, held until the transaction ends.
             lock="SELECT pg_advisory_xact_lock(hashtextextended('retract.schema:' || $1, 0))",
             # Whether the schema exists, whether it has journal_meta, and how many
@@ -171,20 +250,24 @@ class Statements:
             meta=f"SELECT application, schema_version FROM {s}.journal_meta",  # noqa: S608
             insert_session=(
                 f"INSERT INTO {s}.sessions (session_id, created_at, status, context,"  # noqa: S608
-                " owner_token, owner_pid, owner_host, owner_started, owner_machine)"
-                " VALUES ($1, to_timestamp($2), $3, $4::json, $5, $6, $7, $8, $9)"
+                " owner_token, owner_pid, owner_host, owner_started, owner_machine,"
+                " heartbeat_at, lease_seconds)"
+                " VALUES ($1, to_timestamp($2), $3, $4::json, $5, $6, $7, $8, $9,"
+                " clock_timestamp(), $10)"
             ),
             # A whole batch of appends in one statement (so one implicit transaction):
             # $1/$2 are each session once with its number of new operations, $3..$9
             # the rows, each with its offset (1, 2, ...) among its session's new rows
-            # in this batch. Rows of a session that does not exist match no update and
-            # are not inserted; the sessions found come back with their first number.
+            # in this batch. Rows of a session that does not exist, or that another
+            # process owns now ($10: this process's owner token; see ``holders``), match
+            # no update and are not inserted; the sessions written come back with their
+            # first number.
             append=(
                 f"WITH totals AS ("  # noqa: S608
                 " SELECT * FROM unnest($1::text[], $2::bigint[]) AS t (session_id, n)"
                 "), bumped AS ("
                 f" UPDATE {s}.sessions AS s SET last_sequence = s.last_sequence + t.n"
-                " FROM totals AS t WHERE s.session_id = t.session_id"
+                " FROM totals AS t WHERE s.session_id = t.session_id AND s.owner_token = $10"
                 " RETURNING s.session_id, s.key, s.last_sequence - t.n AS base"
                 "), inserted AS ("
                 f" INSERT INTO {s}.operations"
@@ -197,15 +280,73 @@ class Statements:
                 " JOIN bumped AS b ON b.session_id = r.session_id"
                 ") SELECT session_id, base FROM bumped"
             ),
-            # Each operation at most once per statement (the caller merges repeats).
+            # Who holds these sessions now (after an append refused some).
+            holders=(
+                f"SELECT session_id, status, owner_token, owner_pid, owner_host"  # noqa: S608
+                f" FROM {s}.sessions WHERE session_id = ANY($1::text[])"
+            ),
+            # The owner of one session, locked against a takeover until the transaction
+            # ends (an undo's progress is written only while this process holds it).
+            hold=(
+                f"SELECT owner_token, owner_pid, owner_host, status"  # noqa: S608
+                f" FROM {s}.sessions WHERE session_id = $1 FOR SHARE"
+            ),
+            # $1 the owner token, $2 the sessions it works on; each keeps the lease
+            # length it was given when created or claimed (another journal of the
+            # process may renew it too). Returns those among $2 another owner holds now.
+            renew_leases=(
+                f"WITH renewed AS (UPDATE {s}.sessions"  # noqa: S608
+                " SET heartbeat_at = clock_timestamp()"
+                " WHERE session_id = ANY($2::text[]) AND owner_token = $1"
+                f" AND status IN {_LIVE})"
+                f" SELECT session_id FROM {s}.sessions"
+                " WHERE session_id = ANY($2::text[]) AND owner_token IS DISTINCT FROM $1"
+            ),
+            # Take over the live sessions whose lease expired by the server's clock
+            # (all of them, or those among $1): each is claimed with its row lock, and
+            # rows another transaction holds are skipped, so two recoverers never take
+            # one session. It becomes INTERRUPTED and owned by the recoverer ($3..$8);
+            # its INTENT operations IN_DOUBT. $2 is the time of the change. Never the
+            # recoverer's own: a lapse of its own lease means it stalled, not died.
+            recover_expired=(
+                f"WITH expired AS (SELECT key FROM {s}.sessions"  # noqa: S608
+                f" WHERE status IN {_LIVE} AND owner_token IS DISTINCT FROM $3"
+                " AND heartbeat_at + lease_seconds * interval '1 second' < clock_timestamp()"
+                " AND ($1::text[] IS NULL OR session_id = ANY($1::text[]))"
+                " ORDER BY key FOR UPDATE SKIP LOCKED"
+                f"), changed AS (UPDATE {s}.sessions AS s"
+                f" SET status = '{SessionStatus.INTERRUPTED.value}',"
+                " completed_at = to_timestamp($2),"
+                f" error = CASE WHEN s.status = '{SessionStatus.RUNNING.value}'"
+                " THEN 'interrupted: process ' || s.owner_pid || ' on ' || s.owner_host"
+                " || ' stopped renewing its lease (expired '"
+                " || to_char((s.heartbeat_at + s.lease_seconds * interval '1 second')"
+                " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'"
+                " || ') while the session was running' ELSE s.error END,"
+                " owner_token = $3, owner_pid = $4, owner_host = $5, owner_started = $6,"
+                " owner_machine = $7, heartbeat_at = clock_timestamp(), lease_seconds = $8"
+                " FROM expired AS e WHERE s.key = e.key RETURNING s.key, s.session_id"
+                f"), settled AS (UPDATE {s}.operations"
+                f" SET state = '{OperationState.IN_DOUBT.value}', updated_at = to_timestamp($2)"
+                " WHERE session_key IN (SELECT key FROM changed)"
+                f" AND state = '{OperationState.INTENT.value}')"
+                " SELECT session_id FROM changed ORDER BY key"
+            ),
+            # Each operation at most once per statement (the caller merges repeats), and
+            # only in sessions that $7 (this process's owner token) still holds: one
+            # taken over keeps its operations as the recoverer left them (IN_DOUBT).
+            # Returns the sessions refused that way, with who holds them now.
             update_operations=(
-                f"UPDATE {s}.operations AS o"  # noqa: S608
+                f"WITH updated AS (UPDATE {s}.operations AS o"  # noqa: S608
                 " SET state = u.state, error = u.error, updated_at = to_timestamp($6),"
                 " payload = COALESCE(u.payload::json, o.payload)"
                 " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
                 " AS u (session_id, sequence, state, error, payload)"
                 f" JOIN {s}.sessions AS s ON s.session_id = u.session_id"
                 " WHERE o.session_key = s.key AND o.sequence = u.sequence"
+                " AND s.owner_token = $7)"
+                f" SELECT session_id, status, owner_pid, owner_host FROM {s}.sessions"
+                " WHERE session_id = ANY($1::text[]) AND owner_token IS DISTINCT FROM $7"
             ),
             mark_undone=(
                 f"UPDATE {s}.operations SET state = '{OperationState.UNDONE.value}',"  # noqa: S608
@@ -266,8 +407,12 @@ class Statements:
         expect_owner: str | None,
         count_undo: bool,
         settle_intents: bool,
+        lease: float,
     ) -> tuple[str, list[Any]]:
-        """The compare-and-set of a session: one statement, returning 1 if it changed."""
+        """The compare-and-set of a session: one statement, returning 1 if it changed.
+
+        A new ``owner`` gets a fresh lease of ``lease`` seconds.
+        """
         s = self.schema
         params: list[Any] = [session_id, status.value, at]
         sets = ["status = $2"]
@@ -278,10 +423,11 @@ class Statements:
             sets.append(f"error = ${len(params)}")
         if owner is not None:
             first = len(params) + 1
-            params += [owner.token, owner.pid, owner.host, owner.started_at, owner.machine]
+            params += [*owner_fields(owner), lease]
             sets.append(
                 f"owner_token = ${first}, owner_pid = ${first + 1}, owner_host = ${first + 2},"
-                f" owner_started = ${first + 3}, owner_machine = ${first + 4}"
+                f" owner_started = ${first + 3}, owner_machine = ${first + 4},"
+                f" heartbeat_at = clock_timestamp(), lease_seconds = ${first + 5}"
             )
         if count_undo:
             sets.append("undo_count = undo_count + 1")
@@ -305,6 +451,11 @@ class Statements:
             )
         # $3 appears even when no time is stored, so that it has a type
         return f"{sql} SELECT count(*) FROM changed WHERE $3::float8 IS NOT NULL", params  # noqa: S608
+
+
+def owner_fields(owner: Owner) -> tuple[str, int, str, float, str | None]:
+    """The owner columns' values, in their order (token, pid, host, started, machine)."""
+    return owner.token, owner.pid, owner.host, owner.started_at, owner.machine
 
 
 def no_nul(text: str | None) -> str | None:

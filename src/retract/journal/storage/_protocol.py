@@ -13,11 +13,12 @@ that must know the outcome shield the call.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
+from .._events import EventStream
 from .._records import OperationRecord, OperationState, Owner, SessionRecord, SessionStatus
 
-__all__ = ("NewOperation", "OperationUpdate", "Storage")
+__all__ = ("LeaseStorage", "NewOperation", "OperationUpdate", "Storage", "WatchStorage")
 
 
 class NewOperation(NamedTuple):
@@ -194,4 +195,61 @@ class Storage(Protocol):
 
     async def pending_summary(self, session_id: str) -> tuple[int, set[str]]:
         """How many operations still need undo, and their distinct types."""
+        ...
+
+
+@runtime_checkable
+class LeaseStorage(Storage, Protocol):
+    """A storage shared across hosts, where a session's owner holds a lease on it.
+
+    A pid check cannot see another host, so such a storage stamps every RUNNING or
+    UNDOING session with its owner's lease: a heartbeat time (by the storage's own
+    clock) and the lease length. The :class:`~retract.Journal` renews the leases of
+    the sessions this process works on every third of :attr:`lease_timeout`, and
+    :meth:`~retract.Journal.recover` takes over those whose owner stopped renewing.
+    Appends, operation updates and undo progress of a session another process took over
+    raise :class:`~retract.SessionTakenOverError` and change nothing of it.
+    """
+
+    @property
+    def lease_timeout(self) -> float:
+        """Seconds a session's lease lasts after its last renewal."""
+        ...
+
+    async def renew_leases(self, owner_token: str, session_ids: Collection[str]) -> set[str]:
+        """Renew the leases of the sessions among ``session_ids`` that ``owner_token`` holds.
+
+        Each keeps the lease length it was given when created or claimed.
+
+        :return: the sessions among ``session_ids`` that another owner holds now (another
+            process took them over).
+        """
+        ...
+
+    async def recover_expired(
+        self, owner: Owner, at: float, session_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Take over the RUNNING or UNDOING sessions whose lease expired.
+
+        Each is claimed with a row lock that concurrent recoverers skip, so no two
+        recoverers take one session; it becomes INTERRUPTED, owned by ``owner`` (with a
+        fresh lease), and its INTENT operations IN_DOUBT. Sessions ``owner`` holds
+        itself are never taken: its own lease lapsed because it stalled, not died.
+
+        :param at: the time of the change.
+        :param session_ids: only these sessions (default: every expired one).
+        :return: the ids of the sessions this call took over.
+        """
+        ...
+
+
+@runtime_checkable
+class WatchStorage(Storage, Protocol):
+    """A storage that announces its committed changes to every process watching it."""
+
+    def watch(self, *, session_id: str | None = None, max_pending: int = 10_000) -> EventStream:
+        """A stream of the events committed from now on (of one session, or all).
+
+        :param max_pending: events kept for a slow consumer; older ones are dropped.
+        """
         ...

@@ -21,10 +21,11 @@ def session_record(row: Sequence[Any], when: When) -> SessionRecord:
     """A sessions row as a record.
 
     The row: session id, created, status, context, completed, error, undo count, then
-    the owner's token, pid, host, start time and machine.
+    the owner's token, pid, host, start time and machine, then (where the storage keeps
+    leases) the lease's expiry.
     """
     (sid, created, status, context, completed, error, undo_count, *owner) = row
-    token, pid, host, started, machine = owner
+    token, pid, host, started, machine, *lease = owner
     return SessionRecord(
         session_id=sid,
         created_at=when(created),
@@ -34,6 +35,7 @@ def session_record(row: Sequence[Any], when: When) -> SessionRecord:
         error=error,
         undo_count=undo_count,
         owner=None if token is None else Owner(token, pid, host, started, machine),
+        lease_expires_at=when(lease[0]) if lease else None,
     )
 
 
