@@ -564,7 +564,8 @@ def open_journal(
     :class:`SQLiteStorage` for ``synchronous``, ``busy_timeout`` and ``create``, which
     with False refuses a path that holds no journal yet instead of creating one).
 
-    For PostgreSQL only: ``schema`` (default ``"retract"``), ``lease_timeout`` (seconds,
+    For PostgreSQL only: ``schema`` (default: the URL's ``?schema=``, else
+    ``"retract"``), ``lease_timeout`` (seconds,
     default 30) and ``pool_size`` (the pool's ``(min_size, max_size)``, default (1, 10)),
     as :class:`~retract.journal.storage.PostgresStorage` takes them.
 
@@ -595,7 +596,7 @@ def open_journal(
             str(location),
             create=create,
             busy_timeout=busy_timeout,
-            schema=schema if schema is not None else "retract",
+            schema=schema,
             lease_timeout=lease_timeout if lease_timeout is not None else 30.0,
             min_size=min_size,
             max_size=max_size,

@@ -489,3 +489,37 @@ async def test_a_second_undo_from_another_process_is_refused(
         assert record is not None
         assert record.status is SessionStatus.ROLLED_BACK
     assert sorted(log.read_text().split()) == ["1", "2", "3"]  # each once, by one process
+
+
+async def test_the_url_may_name_the_schema(postgres_url: str, admin: Any) -> None:
+    """``?schema=`` picks the journal's schema wherever a URL goes, the CLI included."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from retract import open_journal  # noqa: PLC0415
+
+    url = f"{postgres_url}?schema=jobs"
+    async with open_journal(url) as journal, journal.start_session(script="x") as session:
+        assert isinstance(journal.storage, PostgresStorage)
+        assert journal.storage.schema == "jobs"
+        assert journal.storage.location.endswith("?schema=jobs")
+    assert await admin.fetchval("SELECT count(*) FROM jobs.sessions") == 1
+    assert await admin.fetchval("SELECT to_regclass('retract.sessions')") is None
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "retract", "--db", url, "sessions", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert session.session_id in result.stdout
+
+
+def test_a_schema_given_twice_must_agree(postgres_url: str) -> None:
+    assert PostgresStorage(f"{postgres_url}?schema=a", schema="a").schema == "a"
+    with pytest.raises(ValueError, match="give it in one place"):
+        PostgresStorage(f"{postgres_url}?schema=a", schema="b")
+    with pytest.raises(ValueError, match="invalid schema name"):
+        PostgresStorage(f"{postgres_url}?schema=no-dashes")

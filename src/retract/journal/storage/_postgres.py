@@ -332,6 +332,29 @@ def taken_over(session_id: str, status: str, pid: int | None, host: str | None) 
     )
 
 
+#: The schema of a journal when neither the URL nor the caller names one.
+DEFAULT_SCHEMA = "retract"
+
+
+def _split_schema(dsn: str) -> tuple[str, str | None]:
+    """``dsn`` without its ``schema`` query parameter, and that parameter's value.
+
+    The parameter is retract's (asyncpg would send it to the server as a setting).
+    """
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql") or not parts.query:
+        return dsn, None
+    named: str | None = None
+    kept = []
+    for item in parts.query.split("&"):
+        key, _, value = item.partition("=")
+        if urllib.parse.unquote(key) == "schema":
+            named = urllib.parse.unquote(value)
+        else:
+            kept.append(item)
+    return urllib.parse.urlunsplit(parts._replace(query="&".join(kept))), named
+
+
 def _public_dsn(dsn: str) -> str:
     """``dsn`` without its password (in the user part or as a parameter)."""
     parts = urllib.parse.urlsplit(dsn)
@@ -376,6 +399,9 @@ class PostgresStorage:
         closes it; the storage then leaves no session state on its connections).
     :param schema: the schema holding the journal's tables; created, with its tables,
         when missing. Several journals may share a database in different schemas.
+        Also given as the URL's ``schema`` query parameter
+        (``postgresql://host/db?schema=jobs``, which works wherever a URL does: the
+        CLI's ``--db``, ``$RETRACT_DB``); ``"retract"`` by default.
     :param create: create the journal when the schema is missing or empty (default).
         With False, opening a database with no journal raises
         :class:`~retract.NotAJournalError` and creates nothing.
@@ -399,7 +425,7 @@ class PostgresStorage:
         self,
         dsn_or_pool: str | asyncpg.Pool,
         *,
-        schema: str = "retract",
+        schema: str | None = None,
         create: bool = True,
         busy_timeout: float = 5.0,
         min_size: int = 1,
@@ -407,6 +433,15 @@ class PostgresStorage:
         connect_timeout: float = 10.0,
         lease_timeout: float = 30.0,
     ) -> None:
+        if isinstance(dsn_or_pool, str):
+            dsn, named = _split_schema(dsn_or_pool)
+            if named is not None and schema is not None and named != schema:
+                raise ValueError(
+                    f"the URL names schema {named!r} but schema={schema!r} was given: "
+                    "give it in one place"
+                )
+            schema = schema if schema is not None else named
+        schema = schema if schema is not None else DEFAULT_SCHEMA
         self._sql = Statements.for_schema(schema)  # checks the name
         if busy_timeout < 0:
             raise ValueError(f"busy_timeout must be >= 0 seconds, not {busy_timeout!r}")
@@ -417,7 +452,7 @@ class PostgresStorage:
                 f"need 0 <= min_size <= max_size and max_size >= 1, not {min_size}, {max_size}"
             )
         if isinstance(dsn_or_pool, str):
-            self._dsn: str | None = dsn_or_pool
+            self._dsn: str | None = dsn
             self._pool: Any = None
             self._location = _public_dsn(dsn_or_pool)
         elif isinstance(dsn_or_pool, asyncpg.Pool):
