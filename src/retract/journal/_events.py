@@ -2,9 +2,11 @@
 
 A storage that can announce its changes to other processes (PostgreSQL's
 ``LISTEN``/``NOTIFY``) sends one small JSON message per change once it is committed:
-a session's status changed (it started, ended, began or finished an undo), or some of a
-session's operations changed state (an undo window marked UNDOING or UNDONE, a step
-completed or was found in doubt). An :class:`EventStream` turns those messages into
+a session's status changed (it started, ended, began or finished an undo), or an undo
+or a recovery changed the state of some of a session's operations (a window marked
+UNDOING, then UNDONE; SKIPPED, UNDO_FAILED; steps found IN_DOUBT). A running session's
+own writes (appends, step outcomes) are not announced: a ``NOTIFY`` serializes the
+commits of every process. An :class:`EventStream` turns those messages into
 :class:`SessionEvent` and :class:`OperationsEvent` values, in commit order.
 
 The stream keeps its own connection (``LISTEN`` is per connection) and a bounded

@@ -148,7 +148,7 @@ class Journal:
                 unique = f"retract-images-{os.getpid()}-{uuid.uuid4().hex[:12]}"
                 self._images_dir = Path(tempfile.gettempdir(), unique)
                 self._own_images = True
-            elif "://" in self.storage.location:
+            elif self._on_server():
                 raise JournalOpenError(
                     f"a journal in a database server ({self.storage.location}) keeps the "
                     "before-images of session.fs on the host that made them: give it a "
@@ -170,6 +170,9 @@ class Journal:
 
     def _in_memory(self) -> bool:
         return self.storage.location == ":memory:"
+
+    def _on_server(self) -> bool:
+        return "://" in self.storage.location
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -420,8 +423,10 @@ class Journal:
                 raise
             # The rows are gone: their images must go too before the cancellation.
             pruned, cancelled = write.result(), exc
-        temporary = self._images_dir is None and self._in_memory()
-        if not temporary:
+        # No folder of images to clean: an in-memory journal's is temporary, and a
+        # server journal has one only where it was given (session.fs needs it).
+        no_images = self._images_dir is None and (self._in_memory() or self._on_server())
+        if not no_images:
             images = self.images_dir
             await run_sync(_remove_images, images, pruned)
             if cancelled is not None:
@@ -445,9 +450,10 @@ class Journal:
                         print(event.session_id, event.state, event.first, event.last)
 
         Yields a :class:`SessionEvent` when a session starts or changes status, and an
-        :class:`OperationsEvent` when operations change state (an undo marking a window
-        UNDOING then UNDONE, a step completing). Operations appended while a session
-        runs are not announced one by one (see ``docs/scaling.md``). Needs a storage
+        :class:`OperationsEvent` when an undo or a recovery changes operations' states
+        (a window marked UNDOING, then UNDONE; steps found IN_DOUBT). A running
+        session's own writes (appends, step outcomes) are not announced (see
+        ``docs/scaling.md``). Needs a storage
         that can announce changes across processes
         (:class:`~retract.journal.storage.PostgresStorage`, over ``LISTEN``/``NOTIFY``).
 

@@ -424,15 +424,22 @@ class SessionContext:
         # A cancellation that arrives while the end is written (anyio re-delivers one on
         # every loop turn) must not skip the rollback: remember it, raise it at the end.
         late: asyncio.CancelledError | None = None
+        taken_over = False
         try:
             await shielded(self._finish(status, describe_error(exc)))
         except asyncio.CancelledError as cancel:
             late = cancel
+        except SessionTakenOverError as lost:
+            # The session is another process's now, to undo as it sees fit: this one
+            # is fenced out, its automatic undo included.
+            taken_over = True
+            logger.error("%s", lost)
+            exc.add_note(f"retract: {lost}; it was not undone by this process")
         except Exception:
             logger.warning(
                 "could not record the end of session %s", self._session.session_id, exc_info=True
             )
-        if self._undo_on_error:
+        if self._undo_on_error and not taken_over:
             try:
                 await self._undo_after(exc)
             except asyncio.CancelledError as cancel:

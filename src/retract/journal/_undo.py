@@ -150,9 +150,10 @@ async def _take_over_if_expired(journal: Journal, session: SessionRecord) -> Ses
         and session.lease_expires_at is not None
         and session_held(session) is None
         and isinstance(storage, LeaseStorage)
-        and await storage.recover_expired(current_owner(), time.time(), [session.session_id])
     ):
-        logger.info("took over session %s: its owner's lease expired", session.session_id)
+        if await storage.recover_expired(current_owner(), time.time(), [session.session_id]):
+            logger.info("took over session %s: its owner's lease expired", session.session_id)
+        # Taken, or not: then its lease lives, or another recoverer took it first.
         return await require_session(journal, session.session_id)
     return session
 

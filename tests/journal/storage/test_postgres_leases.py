@@ -22,6 +22,7 @@ from retract import (
     Journal,
     JournalClosedError,
     OperationState,
+    SchemaVersionError,
     SessionStateError,
     SessionStatus,
     SessionTakenOverError,
@@ -496,3 +497,111 @@ async def test_sessions_live_at_the_upgrade_get_a_lease(postgres_url: str) -> No
         (taken,) = await journal.recover()
         assert taken.session_id == "live"
         assert taken.status is SessionStatus.INTERRUPTED
+
+
+async def test_a_step_ending_while_a_takeover_commits_is_refused(journal: Journal) -> None:
+    """The fence waits for a takeover in flight and sees it: the step's DONE is refused."""
+    storage = pg(journal)
+    conn = await asyncpg.connect(storage._dsn)
+    try:
+        async with journal.start_session() as session:
+            with pytest.raises(SessionTakenOverError):
+                async with session.step("t.op", {}):
+                    await expire(storage, session.session_id)
+                    # another host's recover(), committed only once the step has ended
+                    recovering = conn.transaction()
+                    await recovering.start()
+                    other = elsewhere()
+                    taken = await conn.fetch(
+                        storage._sql.recover_expired,
+                        [session.session_id],
+                        time.time(),
+                        other.token,
+                        other.pid,
+                        other.host,
+                        other.started_at,
+                        other.machine,
+                        LEASE,
+                    )
+                    assert [row[0] for row in taken] == [session.session_id]
+
+                    async def commit_soon() -> None:
+                        await asyncio.sleep(0.3)  # the step's update is waiting by then
+                        await recovering.commit()
+
+                    committer = asyncio.create_task(commit_soon())
+            await committer
+    except SessionTakenOverError:
+        pass  # the session's end, refused too
+    finally:
+        await conn.close()
+    (record,) = await storage.get_operations(session.session_id)
+    assert record.state is OperationState.IN_DOUBT
+
+
+async def test_an_undo_that_loses_the_takeover_race_undoes_what_is_there(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another recoverer claimed the session first: the undo reads it again and goes on."""
+    journal.registry.handler("t.op")(lambda record: None)
+    storage = pg(journal)
+    session_id = await foreign_session(storage, OperationState.DONE)
+    await expire(storage, session_id)
+    real = storage.recover_expired
+
+    async def beaten(owner: Owner, at: float, session_ids: Any = None) -> list[str]:
+        await real(elsewhere(), at, session_ids)  # another host is faster
+        return []
+
+    monkeypatch.setattr(storage, "recover_expired", beaten)
+    report = await journal.undo_session(session_id)
+    assert report.complete
+
+
+async def test_a_fenced_session_is_not_undone_by_its_stalled_owner(journal: Journal) -> None:
+    """undo_on_error does not roll back a session another process took over: it is theirs."""
+    ran: list[int] = []
+    journal.registry.handler("t.op")(lambda record: ran.append(record.sequence))
+    storage = pg(journal)
+    with pytest.raises(RuntimeError, match="boom") as caught:
+        async with journal.start_session(undo_on_error=True) as session:
+            await session.record_operation("t.op", {})
+            await expire(storage, session.session_id)
+            assert await storage.recover_expired(elsewhere(), time.time())
+            raise RuntimeError("boom")
+    assert any("it was not undone by this process" in note for note in caught.value.__notes__)
+    assert ran == []
+    record = await storage.get_session(session.session_id)
+    assert record is not None
+    assert record.status is SessionStatus.INTERRUPTED
+    assert record.owner is not None
+    assert record.owner.host == "elsewhere.example"
+
+
+async def test_an_old_journal_is_not_upgraded_when_asked_to_create_nothing(
+    postgres_url: str,
+) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with conn.transaction():
+            for statement in MIGRATIONS[1](quote_schema("retract")):
+                await conn.execute(statement)
+        with pytest.raises(SchemaVersionError, match="older than the 2 this retract uses"):
+            async with open_journal(postgres_url, create=False):
+                pass
+        assert await conn.fetchval("SELECT schema_version FROM retract.journal_meta") == 1
+    finally:
+        await conn.close()
+
+
+def test_the_url_names_one_schema(postgres_url: str) -> None:
+    assert PostgresStorage(f"{postgres_url}?schema=a&schema=a").schema == "a"
+    with pytest.raises(ValueError, match="two schemas"):
+        PostgresStorage(f"{postgres_url}?schema=a&schema=b")
+
+
+async def test_prune_without_images_dir_on_a_server_journal(journal: Journal) -> None:
+    async with journal.start_session() as session:
+        pass
+    assert await journal.prune(0) == [session.session_id]
+    assert await journal.get_session(session.session_id) is None

@@ -79,18 +79,27 @@ async def test_a_session_and_its_undo_are_watched_live(journal: Journal) -> None
     assert got[0].at <= got[-1].at
 
 
-async def test_step_outcomes_are_events_but_plain_appends_are_not(journal: Journal) -> None:
+async def test_a_running_sessions_own_writes_are_not_announced(journal: Journal) -> None:
+    """Appends and step outcomes (DONE, FAILED) are not events; session ends are.
+
+    A NOTIFY serializes commits cluster-wide: a running session's writes send none.
+    """
     async with journal.watch() as events:
         async with journal.start_session() as session:
-            await session.record_operation("t.op", {})  # appended DONE: not announced
-            async with session.step("t.op", {}):
+            await session.record_operation("t.op", {})  # appended DONE
+            async with session.step("t.op", {}):  # INTENT, then DONE
                 pass
-        got = await take(events, 3)
+        with pytest.raises(RuntimeError):
+            async with journal.start_session() as failing, failing.step("t.op", {}):
+                raise RuntimeError("boom")
+        got = await take(events, 4)
     assert [brief(event) for event in got] == [
         ("session", S.RUNNING, 0),
-        ("ops", O.DONE, 1, 2, 2),
         ("session", S.COMPLETED, 0),
+        ("session", S.RUNNING, 0),
+        ("session", S.FAILED, 0),
     ]
+    assert {event.session_id for event in got} == {session.session_id, failing.session_id}
 
 
 async def test_one_sessions_events_only(journal: Journal) -> None:

@@ -348,10 +348,12 @@ def _split_schema(dsn: str) -> tuple[str, str | None]:
     kept = []
     for item in parts.query.split("&"):
         key, _, value = item.partition("=")
-        if urllib.parse.unquote(key) == "schema":
-            named = urllib.parse.unquote(value)
-        else:
+        if urllib.parse.unquote(key) != "schema":
             kept.append(item)
+        elif named is not None and urllib.parse.unquote(value) != named:
+            raise ValueError(f"the URL names two schemas, {named!r} and {value!r}: give one")
+        else:
+            named = urllib.parse.unquote(value)
     return urllib.parse.urlunsplit(parts._replace(query="&".join(kept))), named
 
 
@@ -594,6 +596,14 @@ class PostgresStorage:
             raise NotAJournalError(
                 f"there is no journal in schema {self.schema!r} of {self.location} (and "
                 "nothing was created, as asked): check the URL and the schema"
+            )
+        if version is not None and not self.create:
+            raise SchemaVersionError(
+                f"schema {self.schema!r} of {self.location} holds a journal of schema "
+                f"version {version}, older than the {SCHEMA_VERSION} this retract uses, "
+                "and nothing was changed, as asked (create=False): stop the processes of "
+                "the older retract, then open it once with create=True (open_journal(url) "
+                "does) to upgrade it"
             )
         async with conn.transaction():
             await conn.execute(self._sql.lock, self.schema)

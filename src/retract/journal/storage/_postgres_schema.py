@@ -124,6 +124,21 @@ def _create_v1(s: str) -> list[str]:
 #: The lease (seconds) that version 2 gives the sessions live when a journal is upgraded.
 MIGRATED_LEASE = 30.0
 _LIVE = f"('{SessionStatus.RUNNING.value}', '{SessionStatus.UNDOING.value}')"
+#: Operation states whose changes are announced (what an undo or a recovery sets).
+_ANNOUNCED = (
+    "("
+    + ", ".join(
+        f"'{state.value}'"
+        for state in (
+            OperationState.UNDOING,
+            OperationState.UNDONE,
+            OperationState.UNDO_FAILED,
+            OperationState.SKIPPED,
+            OperationState.IN_DOUBT,
+        )
+    )
+    + ")"
+)
 
 
 def event_channel(schema: str) -> str:
@@ -159,7 +174,9 @@ def _to_v2(s: str) -> list[str]:
         " FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)"
         f" EXECUTE FUNCTION {s}.notify_session()",
         # One event per session and new state per statement: a window of an undo that
-        # flips 500 operations to UNDONE is one event with its sequence range.
+        # flips 500 operations to UNDONE is one event with its sequence range. Only the
+        # states an undo or a recovery gives: a running session's own step outcomes
+        # (DONE, FAILED) are not announced, like its appends.
         f"""CREATE FUNCTION {s}.notify_operations() RETURNS trigger LANGUAGE plpgsql
         AS $body$
         BEGIN
@@ -169,7 +186,7 @@ def _to_v2(s: str) -> list[str]:
             FROM (SELECT n.session_key, n.state, count(*) AS n, min(n.sequence) AS lo,
                          max(n.sequence) AS hi
                   FROM new_rows AS n JOIN old_rows AS o USING (session_key, sequence)
-                  WHERE n.state IS DISTINCT FROM o.state
+                  WHERE n.state IS DISTINCT FROM o.state AND n.state IN {_ANNOUNCED}
                   GROUP BY n.session_key, n.state) AS c
             JOIN {s}.sessions AS s ON s.key = c.session_key
             ORDER BY c.session_key, c.lo;
@@ -335,18 +352,22 @@ class Statements:
             # Each operation at most once per statement (the caller merges repeats), and
             # only in sessions that $7 (this process's owner token) still holds: one
             # taken over keeps its operations as the recoverer left them (IN_DOUBT).
-            # Returns the sessions refused that way, with who holds them now.
+            # The session rows are locked first (a takeover committing meanwhile is
+            # waited for and seen). Returns the sessions refused, with who holds them.
             update_operations=(
-                f"WITH updated AS (UPDATE {s}.operations AS o"  # noqa: S608
+                f"WITH held AS (SELECT key, session_id, status, owner_token, owner_pid,"  # noqa: S608
+                f" owner_host FROM {s}.sessions WHERE session_id = ANY($1::text[])"
+                " ORDER BY key FOR SHARE"
+                f"), updated AS (UPDATE {s}.operations AS o"
                 " SET state = u.state, error = u.error, updated_at = to_timestamp($6),"
                 " payload = COALESCE(u.payload::json, o.payload)"
                 " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])"
                 " AS u (session_id, sequence, state, error, payload)"
-                f" JOIN {s}.sessions AS s ON s.session_id = u.session_id"
-                " WHERE o.session_key = s.key AND o.sequence = u.sequence"
-                " AND s.owner_token = $7)"
-                f" SELECT session_id, status, owner_pid, owner_host FROM {s}.sessions"
-                " WHERE session_id = ANY($1::text[]) AND owner_token IS DISTINCT FROM $7"
+                " JOIN held AS h ON h.session_id = u.session_id"
+                " WHERE o.session_key = h.key AND o.sequence = u.sequence"
+                " AND h.owner_token = $7)"
+                " SELECT session_id, status, owner_pid, owner_host FROM held"
+                " WHERE owner_token IS DISTINCT FROM $7"
             ),
             mark_undone=(
                 f"UPDATE {s}.operations SET state = '{OperationState.UNDONE.value}',"  # noqa: S608
