@@ -318,7 +318,7 @@ class _GroupCommit:
     async def _refusals(self, conn: Conn, session_ids: list[str]) -> dict[str, Exception]:
         """Why appends to these sessions were refused: missing, or taken over."""
         errors: dict[str, Exception] = {sid: SessionNotFoundError(sid) for sid in session_ids}
-        for sid, status, _, pid, host in await conn.fetch(self._sql.holders, session_ids):
+        for sid, status, pid, host in await conn.fetch(self._sql.holders, session_ids):
             errors[sid] = taken_over(sid, status, pid, host)
         return errors
 
@@ -354,6 +354,8 @@ def _split_schema(dsn: str) -> tuple[str, str | None]:
             raise ValueError(f"the URL names two schemas, {named!r} and {value!r}: give one")
         else:
             named = urllib.parse.unquote(value)
+    if named is None:
+        return dsn, None  # as given: urlunsplit would respell some URLs
     return urllib.parse.urlunsplit(parts._replace(query="&".join(kept))), named
 
 

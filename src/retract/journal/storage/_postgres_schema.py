@@ -299,7 +299,7 @@ class Statements:
             ),
             # Who holds these sessions now (after an append refused some).
             holders=(
-                f"SELECT session_id, status, owner_token, owner_pid, owner_host"  # noqa: S608
+                f"SELECT session_id, status, owner_pid, owner_host"  # noqa: S608
                 f" FROM {s}.sessions WHERE session_id = ANY($1::text[])"
             ),
             # The owner of one session, locked against a takeover until the transaction
